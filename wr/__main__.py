@@ -1,0 +1,5 @@
+import sys
+
+from wr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,315 @@
+"""Routes: map a request to a room and tokens, answer with orjson.
+
+Every route is a plain function of the request (see :mod:`wr.http`): the
+room counters, the key ring and the metrics are handed in, and nothing here
+keeps state between requests.
+
+Tokens are read from the ``Authorization: Bearer`` header first (mobile
+clients), then from the room's cookie. ``verify`` reads the access cookie
+first, because the protected site may use ``Authorization`` for itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from wr.config import Config, RoomConfig
+from wr.http import Request, Response, error_response
+from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from wr.metrics import Metrics
+from wr.room import Room, next_poll_s
+from wr.static import StaticFiles
+from wr.tokens import Claims, TokenError, Tokens, new_session_id
+
+__all__ = ["ACCESS_COOKIE", "QUEUE_COOKIE", "App"]
+
+log = logging.getLogger("wr.access")
+
+QUEUE_COOKIE = "wr_queue"
+ACCESS_COOKIE = "wr_access"
+ROOMS_PREFIX = "/api/v1/rooms/"
+
+_NO_STORE = ("cache-control", "no-store")
+_GET = ("GET", "HEAD")
+
+
+def _json(
+    status: int, data: Any, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    return Response(status, orjson.dumps(data), [_NO_STORE, *(headers or [])])
+
+
+def _error(status: int, error: str, detail: str, *extra: tuple[str, str]) -> Response:
+    return error_response(status, error, detail, [_NO_STORE, *extra])
+
+
+def _method_not_allowed(allowed: tuple[str, ...]) -> Response:
+    return _error(
+        405,
+        "method_not_allowed",
+        "method not allowed here",
+        ("allow", ", ".join(allowed)),
+    )
+
+
+class App:
+    """The waiting room's HTTP API."""
+
+    def __init__(
+        self,
+        config: Config,
+        rooms: Mapping[str, Room],
+        tokens: Tokens,
+        metrics: Metrics,
+        static: StaticFiles,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.rooms = rooms
+        self.tokens = tokens
+        self.metrics = metrics
+        self.static = static
+        self._clock = clock
+        self._rand = rand
+        self._ready = ready
+        self._secure = "; Secure" if config.http.secure_cookies else ""
+        self._routes: dict[
+            str, tuple[str, tuple[str, ...], Callable[[Request], Response]]
+        ] = {
+            "/api/v1/verify": ("verify", _GET, self.verify),
+            "/healthz": ("healthz", _GET, self.healthz),
+            "/readyz": ("readyz", _GET, self.readyz),
+            "/metrics": ("metrics", _GET, self.metrics_page),
+            "/inside": ("inside", _GET, self.inside),
+            "/": (
+                "static",
+                _GET,
+                lambda request: self.static_file(request, "index.html"),
+            ),
+        }
+        self._room_routes: dict[
+            str, tuple[tuple[str, ...], Callable[[Request, Room], Response]]
+        ] = {
+            "join": (("POST",), self.join),
+            "status": (_GET, self.status),
+        }
+
+    # Dispatch.
+
+    def handle(self, request: Request) -> Response:
+        route, response = self._dispatch(request)
+        self.metrics.requests[route, response.status] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request method=%s path=%s status=%s",
+                request.method,
+                request.path,
+                response.status,
+            )
+        return response
+
+    def _dispatch(self, request: Request) -> tuple[str, Response]:
+        path = request.path
+        if path.startswith(ROOMS_PREFIX):
+            return self._dispatch_room(request, path[len(ROOMS_PREFIX) :])
+        if path.startswith("/static/"):
+            return "static", self._allowed(
+                request, _GET, lambda r: self.static_file(r, path[len("/static/") :])
+            )
+        entry = self._routes.get(path)
+        if entry is None:
+            return "not_found", _error(404, "not_found", "no such resource")
+        route, methods, handler = entry
+        return route, self._allowed(request, methods, handler)
+
+    def _dispatch_room(self, request: Request, rest: str) -> tuple[str, Response]:
+        name, _, action = rest.partition("/")
+        entry = self._room_routes.get(action)
+        if entry is None:
+            return "not_found", _error(404, "not_found", "no such resource")
+        methods, handler = entry
+        room = self.rooms.get(name)
+        if room is None:
+            return action, _error(404, "unknown_room", f"no room named {name[:64]!r}")
+        return action, self._allowed(request, methods, lambda r: handler(r, room))
+
+    def _allowed(
+        self,
+        request: Request,
+        methods: tuple[str, ...],
+        handler: Callable[[Request], Response],
+    ) -> Response:
+        if request.method in methods:
+            return handler(request)
+        if request.method == "OPTIONS":
+            return Response(
+                204, headers=[("allow", ", ".join(methods))], content_type=None
+            )
+        return _method_not_allowed(methods)
+
+    # The queue.
+
+    def join(self, request: Request, room: Room) -> Response:
+        """Give the caller a place in line, or their existing one back."""
+        now = self._clock()
+        token = request.bearer() or request.cookie(QUEUE_COOKIE)
+        if token:
+            try:
+                claims = self.tokens.check(token, room.name, "queue", now)
+            except TokenError as exc:
+                # A stale or foreign token earns a new place, not an error.
+                self.metrics.token_rejected("queue", exc.reason)
+            else:
+                return self._place(room, claims, token, now)
+
+        position = room.join()
+        eta = room.eta_s(position)
+        token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
+        return self._waiting(room, position, token, eta, set_cookie=True)
+
+    def status(self, request: Request, room: Room) -> Response:
+        """Where the caller stands; once it is their turn, the access token."""
+        token = request.bearer() or request.cookie(QUEUE_COOKIE)
+        if not token:
+            return _error(401, "no_token", "join the room first")
+        now = self._clock()
+        try:
+            claims = self.tokens.check(token, room.name, "queue", now)
+        except TokenError as exc:
+            self.metrics.token_rejected("queue", exc.reason)
+            return _error(401, exc.reason, exc.detail)
+        return self._place(room, claims, token, now)
+
+    def _place(self, room: Room, claims: Claims, token: str, now: float) -> Response:
+        if not room.is_admitted(claims.pos):
+            eta = room.eta_s(claims.pos)
+            return self._waiting(room, claims.pos, token, eta, set_cookie=False)
+
+        # Counted once per position, however often the person asks.
+        room.claim(claims.pos)
+        ttl = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
+        access = self.tokens.issue_access(room.name, claims.sub, claims.pos, ttl, now)
+        cookie = (
+            f"{ACCESS_COOKIE}={access}; Path=/; Max-Age={ttl}; HttpOnly; "
+            f"SameSite=Lax{self._secure}"
+        )
+        body = {
+            "state": "admitted",
+            "position": claims.pos,
+            "redirect": room.config.target_url,
+            "access_token": access,
+        }
+        return _json(200, body, [("set-cookie", cookie)])
+
+    def _waiting(
+        self,
+        room: Room,
+        position: int,
+        token: str,
+        eta: int | None,
+        *,
+        set_cookie: bool,
+    ) -> Response:
+        body = {
+            "state": "waiting",
+            "position": position,
+            "ahead": room.ahead(position),
+            "eta_s": eta,
+            "next_poll_s": next_poll_s(eta, self._rand),
+            "queue_token": token,
+        }
+        headers = []
+        if set_cookie:
+            ttl = self.config.tokens.queue_ttl_s
+            headers.append(
+                (
+                    "set-cookie",
+                    f"{QUEUE_COOKIE}={token}; Path={ROOMS_PREFIX}{room.name}; "
+                    f"Max-Age={ttl}; HttpOnly; SameSite=Lax{self._secure}",
+                )
+            )
+        return _json(200, body, headers)
+
+    # The gateway's question.
+
+    def verify(self, request: Request) -> Response:
+        """204 if the request carries a valid access token for the room, else 401."""
+        room_name = _query_param(request.query, "room")
+        if room_name is None:
+            if len(self.rooms) != 1:
+                return _error(400, "room_required", "say which room: ?room=NAME")
+            room_name = next(iter(self.rooms))
+        if room_name not in self.rooms:
+            return _error(404, "unknown_room", f"no room named {room_name[:64]!r}")
+
+        token = request.cookie(ACCESS_COOKIE) or request.bearer()
+        challenge = ("www-authenticate", 'Bearer realm="wr"')
+        if not token:
+            return _error(401, "no_token", "no access token", challenge)
+        try:
+            claims = self.tokens.check(token, room_name, "access", self._clock())
+        except TokenError as exc:
+            self.metrics.token_rejected("access", exc.reason)
+            return _error(401, exc.reason, exc.detail, challenge)
+        return Response(
+            204, headers=[_NO_STORE, ("x-wr-session", claims.sub)], content_type=None
+        )
+
+    # Service endpoints.
+
+    def healthz(self, request: Request) -> Response:
+        return _json(200, {"status": "alive"})
+
+    def readyz(self, request: Request) -> Response:
+        if self._ready():
+            return _json(200, {"status": "ready"})
+        return _error(503, "not_ready", "not accepting new work", ("retry-after", "1"))
+
+    def metrics_page(self, request: Request) -> Response:
+        return Response(
+            200, self.metrics.exposition(), [_NO_STORE], METRICS_CONTENT_TYPE
+        )
+
+    def static_file(self, request: Request, name: str) -> Response:
+        response = self.static.respond(request, name)
+        if response is None:
+            return _error(404, "not_found", "no such file")
+        return response
+
+    def inside(self, request: Request) -> Response:
+        """The demo "you're in" page: shown with a valid access token only."""
+        token = request.cookie(ACCESS_COOKIE) or ""
+        now = self._clock()
+        for name in self.rooms:
+            try:
+                self.tokens.check(token, name, "access", now)
+            except TokenError:
+                continue
+            page = self.static.get("inside.html")
+            if page is None:
+                return _error(404, "not_found", "no such file")
+            return Response(200, page.body, [_NO_STORE], page.content_type)
+        return Response(302, headers=[("location", "/"), _NO_STORE], content_type=None)
+
+
+def _session_ttl_s(room: RoomConfig, default_s: int) -> int:
+    if room.session_minutes is None:
+        return default_s
+    return int(room.session_minutes * 60)
+
+
+def _query_param(query: str, name: str) -> str | None:
+    prefix = name + "="
+    for part in query.split("&"):
+        if part.startswith(prefix):
+            return part[len(prefix) :]
+    return None

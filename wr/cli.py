@@ -1,0 +1,158 @@
+"""The ``wr`` command: ``serve``, ``keygen``, ``token decode``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jwt
+import orjson
+
+from wr import __version__
+from wr.config import Config, ConfigError, load_config
+from wr.server import run
+from wr.tokens import KeyRing, KeyRingError
+
+__all__ = ["main"]
+
+LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+
+# Exit statuses: 2 is argparse's own for usage errors, kept for config too.
+EXIT_CONFIG = 2
+EXIT_INVALID_TOKEN = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"wr: config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyRingError as exc:
+        print(f"wr: key ring: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wr", description="A virtual waiting room server."
+    )
+    parser.add_argument("--version", action="version", version=f"wr {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    _add_config_flags(serve)
+    serve.add_argument("--host", help="listen address (server.host)")
+    serve.add_argument("--port", type=int, help="listen port (server.port)")
+    serve.add_argument("--workers", type=int, help="processes (server.workers)")
+    serve.set_defaults(run=_serve)
+
+    keygen = commands.add_parser(
+        "keygen", help="create the signing key ring if it does not exist"
+    )
+    _add_config_flags(keygen)
+    keygen.set_defaults(run=_keygen)
+
+    token = commands.add_parser("token", help="inspect tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION")
+    decode = token_commands.add_parser(
+        "decode", help="print a token's header and claims, and check its signature"
+    )
+    decode.add_argument("token", help="the JWT, as issued by wr")
+    _add_config_flags(decode)
+    decode.set_defaults(run=_token_decode)
+    token.set_defaults(run=lambda args: _usage(token))
+
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: WR_CONFIG)")
+    parser.add_argument("--state-dir", help="state directory (server.state_dir)")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_CONFIG
+
+
+def _load(args: argparse.Namespace, *flags: str) -> Config:
+    overrides = {"state_dir": args.state_dir}
+    overrides.update({flag: getattr(args, flag) for flag in flags})
+    return load_config(args.config, overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args, "host", "port", "workers")
+    logging.basicConfig(
+        level=config.server.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr
+    )
+    try:
+        run(config)
+    except OSError as exc:
+        logging.getLogger("wr.server").error(
+            "cannot serve host=%s port=%s error=%s",
+            config.server.host,
+            config.server.port,
+            exc.strerror or exc,
+        )
+        return 1
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    config = _load(args)
+    ring, created = KeyRing.load_or_create(config.state_dir)
+    verb = "created" if created else "exists"
+    print(f"{verb}: {config.state_dir / 'keys.json'} active kid {ring.active}")
+    return 0
+
+
+def _token_decode(args: argparse.Namespace) -> int:
+    """Decode with pyjwt (the reference), then check the signature if we can."""
+    try:
+        header = jwt.get_unverified_header(args.token)
+        claims = jwt.decode(args.token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        print(f"wr: not a JWT: {exc}", file=sys.stderr)
+        return EXIT_INVALID_TOKEN
+    print(
+        orjson.dumps(
+            {"header": header, "claims": claims}, option=orjson.OPT_INDENT_2
+        ).decode()
+    )
+
+    config = _load(args)
+    try:
+        ring = KeyRing.load(Path(config.state_dir))
+    except FileNotFoundError:
+        print(f"signature: not checked (no key ring in {config.state_dir})")
+        return 0
+    secret = ring.secrets.get(str(header.get("kid")))
+    if secret is None:
+        print("signature: unknown kid")
+        return EXIT_INVALID_TOKEN
+    try:
+        jwt.decode(
+            args.token,
+            secret,
+            algorithms=["HS256"],
+            options={"verify_exp": False, "verify_iat": False, "verify_aud": False},
+        )
+    except jwt.PyJWTError as exc:
+        print(f"signature: invalid ({exc})")
+        return EXIT_INVALID_TOKEN
+    print("signature: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

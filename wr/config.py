@@ -1,0 +1,414 @@
+"""One frozen configuration object, built from TOML and ``WR_*`` variables.
+
+Precedence, lowest first: the embedded default (``DEFAULT_TOML``), the file
+(``--config`` or ``WR_CONFIG``), the ``WR_*`` variables, the command-line
+flags. A key left out takes its default. Every problem is reported as one
+:class:`ConfigError` whose message starts with the dotted key at fault, so
+an operator reads ``rooms.sale.rate_per_minute: must be >= 0, got -5`` and
+knows what to fix.
+
+This module imports nothing else of wr: every other layer depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_TOML",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "HttpConfig",
+    "RoomConfig",
+    "ServerConfig",
+    "TokensConfig",
+    "load_config",
+]
+
+# The configuration a newcomer gets with no file at all: one room admitting
+# 5,000 people a minute to a small page that wr serves itself, so the whole
+# flow can be watched in a browser on http://127.0.0.1:8080/.
+DEFAULT_TOML = """\
+[server]
+host = "127.0.0.1"
+port = 8080
+workers = 1
+state_dir = ".wr-state"
+backend = "memory"
+
+[tokens]
+algorithm = "HS256"
+queue_ttl_s = 86400
+access_ttl_s = 3600
+
+[rooms.default]
+rate_per_minute = 5000
+target_url = "/inside"
+"""
+
+ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+# Keys whose names are reserved by DESIGN.md for capabilities that later
+# versions add. Setting one to anything but its default would silently do
+# nothing, so it stops start-up instead.
+_NOT_YET = {
+    "server.backend": "only 'memory' is available in this version",
+    "tokens.algorithm": "only 'HS256' is available in this version",
+    "admin.host": "the admin API is not available in this version",
+    "admin.port": "the admin API is not available in this version",
+    "admin.token_file": "the admin API is not available in this version",
+    "rooms.*.max_active": "capacity mode is not available in this version",
+    "rooms.*.max_overadmit": "no-show compensation is not available in this version",
+    "rooms.*.opens_at": "scheduled opening is not available in this version",
+    "rooms.*.max_queue": "a queue length limit is not available in this version",
+    "rooms.*.pow_difficulty": "proof-of-work is not available in this version",
+    "rooms.*.paused": "pausing is not available in this version",
+    "rooms.*.closed": "closing a room is not available in this version",
+    "rooms.*.passthrough": "passthrough is not available in this version",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as ``key: what is wrong``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    state_dir: str = ".wr-state"
+    backend: str = "memory"
+    # Where the waiting page lives; empty: static/ beside the wr package.
+    static_dir: str = ""
+    # On TERM/INT, in-flight requests get this long to finish.
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+
+    def check(self, key: str) -> None:
+        _require(
+            self.log_level in ("debug", "info", "warning", "error"),
+            f"{key}.log_level",
+            "must be one of debug, info, warning, error",
+        )
+        _require(self.shutdown_grace_s >= 0, f"{key}.shutdown_grace_s", "must be >= 0")
+        _require(0 <= self.port <= 65535, f"{key}.port", "must be 0..65535")
+        _require(self.workers >= 1, f"{key}.workers", "must be >= 1")
+        _require(bool(self.host), f"{key}.host", "must not be empty")
+        _require(bool(self.state_dir), f"{key}.state_dir", "must not be empty")
+        _require(self.workers == 1, f"{key}.workers", "must be 1 in this version")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """Limits of the HTTP layer; each bounds what one client can cost us."""
+
+    # A waiting room's URLs are short; a long target is an attack or a bug.
+    max_target_bytes: int = 8 * 1024
+    # Browsers send about 15 headers and a few KiB; 64 / 16 KiB leave room
+    # for large cookie jars without letting one request hold much memory.
+    max_headers: int = 64
+    max_header_bytes: int = 16 * 1024
+    # Nothing we accept has a large body (a join is empty or a tiny JSON).
+    max_body_bytes: int = 16 * 1024
+    # Time from a request's first byte to its end; beyond it, slowloris.
+    header_timeout_s: float = 10.0
+    # How long an idle keep-alive connection is kept before we close it.
+    keepalive_timeout_s: float = 75.0
+    # Open connections per process; beyond it, a fast 503.
+    max_connections: int = 10_000
+    # Pause reading from a client whose unread responses exceed this.
+    write_buffer_bytes: int = 256 * 1024
+    # Cookies carry the Secure attribute (set when served over HTTPS).
+    secure_cookies: bool = False
+
+    def check(self, key: str) -> None:
+        for name in (
+            "max_target_bytes",
+            "max_headers",
+            "max_header_bytes",
+            "max_body_bytes",
+            "max_connections",
+            "write_buffer_bytes",
+        ):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        for name in ("header_timeout_s", "keepalive_timeout_s"):
+            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokensConfig:
+    algorithm: str = "HS256"
+    queue_ttl_s: int = 86_400
+    access_ttl_s: int = 3_600
+
+    def check(self, key: str) -> None:
+        _require(
+            self.algorithm in ("HS256", "EdDSA"),
+            f"{key}.algorithm",
+            f"must be 'HS256' or 'EdDSA', got {self.algorithm!r}",
+        )
+        _require(self.queue_ttl_s >= 60, f"{key}.queue_ttl_s", "must be >= 60")
+        _require(self.access_ttl_s >= 60, f"{key}.access_ttl_s", "must be >= 60")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token_file: str | None = None
+
+    def check(self, key: str) -> None:
+        _require(0 <= self.port <= 65535, f"{key}.port", "must be 0..65535")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomConfig:
+    name: str = "default"
+    rate_per_minute: float = 5000.0
+    target_url: str = "/inside"
+    # None: the access token lives tokens.access_ttl_s.
+    session_minutes: float | None = None
+    max_active: int | None = None
+    max_overadmit: float = 1.0
+    opens_at: str | None = None
+    max_queue: int | None = None
+    pow_difficulty: int = 0
+    paused: bool = False
+    closed: bool = False
+    passthrough: bool = False
+
+    def check(self, key: str) -> None:
+        _require(
+            self.rate_per_minute >= 0 and math.isfinite(self.rate_per_minute),
+            f"{key}.rate_per_minute",
+            f"must be a finite number >= 0, got {self.rate_per_minute}",
+        )
+        _require(
+            self.target_url.startswith(("http://", "https://", "/"))
+            and not self.target_url.startswith("//"),
+            f"{key}.target_url",
+            "must be an http(s) URL or a path starting with '/'",
+        )
+        if self.session_minutes is not None:
+            _require(
+                self.session_minutes > 0,
+                f"{key}.session_minutes",
+                "must be > 0",
+            )
+        if self.max_active is not None:
+            _require(self.max_active >= 1, f"{key}.max_active", "must be >= 1")
+        _require(self.max_overadmit >= 1, f"{key}.max_overadmit", "must be >= 1")
+        if self.max_queue is not None:
+            _require(self.max_queue >= 1, f"{key}.max_queue", "must be >= 1")
+        _require(
+            0 <= self.pow_difficulty <= 32,
+            f"{key}.pow_difficulty",
+            "must be 0..32",
+        )
+        if self.opens_at is not None:
+            try:
+                datetime.fromisoformat(self.opens_at)
+            except ValueError:
+                raise ConfigError(
+                    f"{key}.opens_at", "must be an ISO-8601 date and time"
+                ) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    http: HttpConfig
+    tokens: TokensConfig
+    admin: AdminConfig
+    rooms: Mapping[str, RoomConfig]
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "http": HttpConfig,
+    "tokens": TokensConfig,
+    "admin": AdminConfig,
+}
+
+# Variables that sit between the file and the flags (DESIGN.md).
+ENV_KEYS = {
+    "WR_HOST": "host",
+    "WR_PORT": "port",
+    "WR_WORKERS": "workers",
+    "WR_STATE_DIR": "state_dir",
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration.
+
+    ``path`` is the file (``None``: ``WR_CONFIG`` if set, else none);
+    ``env`` defaults to ``os.environ``; ``overrides`` are ``[server]`` keys
+    from command-line flags (``None`` values are ignored).
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get("WR_CONFIG"):
+        path = env["WR_CONFIG"]
+
+    data = tomllib.loads(DEFAULT_TOML)
+    if path is not None:
+        user = _read_toml(Path(path))
+        if "rooms" in user:
+            # A file that names rooms names all of them.
+            data.pop("rooms")
+        _merge(data, user)
+
+    server = data.setdefault("server", {})
+    for var, key in ENV_KEYS.items():
+        if var in env:
+            server[key] = _from_text(f"{var} (server.{key})", env[var], key)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            server[key] = value
+
+    return _build(data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _from_text(key: str, text: str, field: str) -> Any:
+    if field in ("port", "workers"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(key, f"must be an integer, got {text!r}") from None
+    return text
+
+
+def _build(data: dict[str, Any]) -> Config:
+    for key in data:
+        if key not in _SECTIONS and key != "rooms":
+            raise ConfigError(key, "unknown section")
+    sections = {
+        name: _section(cls, data.get(name, {}), name) for name, cls in _SECTIONS.items()
+    }
+
+    rooms_data = data.get("rooms", {})
+    if not isinstance(rooms_data, dict):
+        raise ConfigError("rooms", "must be a table of rooms")
+    if not rooms_data:
+        raise ConfigError("rooms", "at least one room is required")
+    rooms: dict[str, RoomConfig] = {}
+    for name, table in rooms_data.items():
+        key = f"rooms.{name}"
+        if not ROOM_NAME.fullmatch(name):
+            raise ConfigError(
+                key, "room names are 1-64 of a-z, 0-9, '_' and '-', starting alnum"
+            )
+        if "name" in table:
+            raise ConfigError(f"{key}.name", "unknown key")
+        rooms[name] = _section(RoomConfig, {**table, "name": name}, key)
+
+    config = Config(rooms=types.MappingProxyType(rooms), **sections)
+    _refuse_unavailable(config)
+    return config
+
+
+def _section(cls: type[Any], table: Any, key: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(key, "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in fields:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+        values[name] = _coerce(f"{key}.{name}", value, hints[name])
+    obj = cls(**values)
+    obj.check(key)
+    return obj
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type; ints are accepted as floats."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if (
+            kind is float
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join(
+        {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[k]
+        for k in allowed
+        if k is not type(None)
+    )
+    raise ConfigError(key, f"must be {names}, got {value!r}")
+
+
+def _refuse_unavailable(config: Config) -> None:
+    defaults = {name: cls() for name, cls in _SECTIONS.items()}
+    for path, why in _NOT_YET.items():
+        section, name = path.rsplit(".", 1)
+        if section.startswith("rooms."):
+            for room_name, room in config.rooms.items():
+                if getattr(room, name) != getattr(RoomConfig(), name):
+                    raise ConfigError(f"rooms.{room_name}.{name}", why)
+        elif getattr(getattr(config, section), name) != getattr(
+            defaults[section], name
+        ):
+            raise ConfigError(path, why)

@@ -1,0 +1,265 @@
+"""Queue and access tokens: issuing, checking, and the key ring behind them.
+
+A queue token says "this session holds position ``pos`` in ``room``"; an
+access token says "this session may enter ``room`` until ``exp``". Both are
+HS256 JWTs with the signing key's ``kid`` in the header (DESIGN.md, Tokens).
+Issuing and checking on the request path use :class:`wr.hs256.HS256Codec`;
+pyjwt serves every other path (``wr token decode``) and is the reference the
+codec is tested against.
+
+The key ring lives in ``<state_dir>/keys.json`` (mode 0600). It is created on
+first start and reused afterwards, so tokens survive restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wr.config import TokensConfig
+from wr.hs256 import HS256Codec, MalformedToken, b64url_decode
+
+__all__ = [
+    "LEEWAY_S",
+    "REASONS",
+    "Claims",
+    "KeyRing",
+    "KeyRingError",
+    "TokenError",
+    "Tokens",
+    "new_session_id",
+]
+
+log = logging.getLogger("wr.tokens")
+
+# Clocks of the hosts that issue and check tokens may differ this much.
+LEEWAY_S = 5
+
+KEYS_FILE = "keys.json"
+# 256-bit secrets: what RFC 7518 section 3.2 asks of an HS256 key.
+SECRET_BYTES = 32
+
+# Every reason a token can be refused for; metrics are labelled with these.
+REASONS = (
+    "malformed",
+    "bad_algorithm",
+    "unknown_kid",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "wrong_room",
+    "wrong_type",
+)
+
+
+class TokenError(Exception):
+    """A token was refused; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class KeyRingError(Exception):
+    """The key ring file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    room: str
+    pos: int
+    iat: int
+    exp: int
+    typ: str
+    eta: int | None = None
+
+
+def new_session_id() -> str:
+    """A random 128-bit session id (22 URL-safe characters)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """Signing secrets by ``kid``; ``active`` signs new tokens."""
+
+    active: str
+    secrets: Mapping[str, bytes]
+
+    @classmethod
+    def generate(cls) -> KeyRing:
+        kid = secrets.token_hex(8)
+        return cls(active=kid, secrets={kid: secrets.token_bytes(SECRET_BYTES)})
+
+    @classmethod
+    def load(cls, state_dir: Path) -> KeyRing:
+        path = state_dir / KEYS_FILE
+        try:
+            data = orjson.loads(path.read_bytes())
+            keys = {
+                str(item["kid"]): base64.urlsafe_b64decode(item["secret"])
+                for item in data["keys"]
+            }
+            ring = cls(active=str(data["active"]), secrets=keys)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise KeyRingError(f"{path}: cannot read: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise KeyRingError(f"{path}: not a valid key ring") from None
+        if ring.active not in ring.secrets:
+            raise KeyRingError(f"{path}: active kid {ring.active!r} has no secret")
+        if any(len(secret) < SECRET_BYTES for secret in ring.secrets.values()):
+            raise KeyRingError(f"{path}: secrets must be at least {SECRET_BYTES} bytes")
+        return ring
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> tuple[KeyRing, bool]:
+        """The ring in ``state_dir``, created if absent; True if it was created."""
+        try:
+            return cls.load(state_dir), False
+        except FileNotFoundError:
+            ring = cls.generate()
+            ring.save(state_dir)
+            log.info(
+                "created key ring path=%s kid=%s", state_dir / KEYS_FILE, ring.active
+            )
+            return ring, True
+
+    def save(self, state_dir: Path) -> None:
+        """Write the ring atomically, readable by its owner only."""
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = {
+            "active": self.active,
+            "keys": [
+                {"kid": kid, "secret": base64.urlsafe_b64encode(secret).decode()}
+                for kid, secret in self.secrets.items()
+            ],
+        }
+        write_private_file(state_dir / KEYS_FILE, orjson.dumps(data))
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (write, fsync, rename), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Tokens:
+    """Issue and check the two kinds of token with one key ring."""
+
+    def __init__(self, ring: KeyRing, config: TokensConfig) -> None:
+        self.ring = ring
+        self.config = config
+        self._codec = HS256Codec(ring.secrets, ring.active)
+
+    def issue_queue(
+        self, room: str, sub: str, pos: int, eta: int | None, now: float
+    ) -> str:
+        iat = int(now)
+        claims: dict[str, Any] = {"sub": sub, "room": room, "pos": pos, "iat": iat}
+        if eta is not None:
+            claims["eta"] = eta
+        claims["exp"] = iat + self.config.queue_ttl_s
+        claims["typ"] = "queue"
+        return self._codec.encode(claims)
+
+    def issue_access(
+        self, room: str, sub: str, pos: int, ttl_s: int, now: float
+    ) -> str:
+        iat = int(now)
+        return self._codec.encode(
+            {
+                "sub": sub,
+                "room": room,
+                "pos": pos,
+                "iat": iat,
+                "exp": iat + ttl_s,
+                "typ": "access",
+            }
+        )
+
+    def check(self, token: str, room: str, typ: str, now: float) -> Claims:
+        """The claims of a valid token of kind ``typ`` for ``room``.
+
+        Raises :class:`TokenError` with the reason it was refused.
+        """
+        try:
+            raw = self._codec.decode(token)
+        except MalformedToken as exc:
+            if exc.reason == "foreign_header":
+                raise self._explain_header(token) from None
+            raise TokenError(exc.reason, exc.detail) from None
+        claims = _claims(raw)
+        if claims.typ != typ:
+            raise TokenError("wrong_type", f"expected a {typ} token, got {claims.typ}")
+        if claims.room != room:
+            raise TokenError("wrong_room", "token is for another room")
+        if claims.exp <= now - LEEWAY_S:
+            raise TokenError("expired", "token has expired")
+        if claims.iat > now + LEEWAY_S:
+            raise TokenError("not_yet_valid", "token was issued in the future")
+        return claims
+
+    def _explain_header(self, token: str) -> TokenError:
+        # Off the hot path: the token was refused already, this only says why.
+        try:
+            header = orjson.loads(b64url_decode(token.split(".", 1)[0].encode()))
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            return TokenError("malformed", "token header is not base64 JSON")
+        if not isinstance(header, dict):
+            return TokenError("malformed", "token header is not a JSON object")
+        if header.get("alg") != "HS256":
+            return TokenError("bad_algorithm", "token algorithm is not accepted")
+        kid = header.get("kid")
+        if kid is None:
+            return TokenError("unknown_kid", "token has no kid")
+        if kid not in self.ring.secrets:
+            return TokenError("unknown_kid", "token kid is not known")
+        return TokenError("malformed", "token header is not one we issue")
+
+
+def _claims(raw: dict[str, Any]) -> Claims:
+    try:
+        sub, room, pos = raw["sub"], raw["room"], raw["pos"]
+        iat, exp, typ = raw["iat"], raw["exp"], raw["typ"]
+    except KeyError as exc:
+        raise TokenError("malformed", f"token lacks claim {exc.args[0]}") from None
+    eta = raw.get("eta")
+    ok = (
+        isinstance(sub, str)
+        and isinstance(room, str)
+        and isinstance(typ, str)
+        and all(type(v) is int for v in (pos, iat, exp))
+        and (eta is None or type(eta) is int)
+    )
+    if not ok:
+        raise TokenError("malformed", "token claims have the wrong types")
+    return Claims(sub=sub, room=room, pos=pos, iat=iat, exp=exp, typ=typ, eta=eta)
