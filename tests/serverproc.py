@@ -1,0 +1,99 @@
+"""Start a real ``wr serve`` on a free loopback port, and wait on conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+# How long a started server may take to answer /healthz.
+START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.02
+) -> T:
+    """Return the first truthy value of ``condition()``; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(poll_s)
+
+
+class WrServer:
+    """A ``wr serve`` subprocess with its own config, state dir and port."""
+
+    def __init__(self, tmp: Path, config_toml: str, port: int | None = None) -> None:
+        self.dir = tmp
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = tmp / "wr.toml"
+        self.config.write_text(config_toml)
+        self.state_dir = tmp / "state"
+        self.log = tmp / "wr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WrServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WR_")}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "wr",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--port",
+                    str(self.port),
+                    "--state-dir",
+                    str(self.state_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        wait_for(self._healthy, START_TIMEOUT_S, f"wr on port {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"wr exited early:\n{self.log.read_text()}")
+        try:
+            return httpx.get(f"{self.base}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, wait for exit, return the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("wr did not stop on SIGTERM") from None
