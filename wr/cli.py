@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
-import orjson
 
 from wr import __version__
 from wr.config import Config, ConfigError, load_config
@@ -124,11 +124,8 @@ def _token_decode(args: argparse.Namespace) -> int:
     except jwt.PyJWTError as exc:
         print(f"wr: not a JWT: {exc}", file=sys.stderr)
         return EXIT_INVALID_TOKEN
-    print(
-        orjson.dumps(
-            {"header": header, "claims": claims}, option=orjson.OPT_INDENT_2
-        ).decode()
-    )
+    # json, not orjson: a token can carry integers wider than 64 bits.
+    print(json.dumps({"header": header, "claims": claims}, indent=2))
 
     config = _load(args)
     try:

@@ -290,6 +290,8 @@ def load_config(
         _merge(data, user)
 
     server = data.setdefault("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError("server", "must be a table")
     for var, key in ENV_KEYS.items():
         if var in env:
             server[key] = _from_text(f"{var} (server.{key})", env[var], key)
@@ -350,6 +352,8 @@ def _build(data: dict[str, Any]) -> Config:
             raise ConfigError(
                 key, "room names are 1-64 of a-z, 0-9, '_' and '-', starting alnum"
             )
+        if not isinstance(table, dict):
+            raise ConfigError(key, "must be a table")
         if "name" in table:
             raise ConfigError(f"{key}.name", "unknown key")
         rooms[name] = _section(RoomConfig, {**table, "name": name}, key)

@@ -70,7 +70,10 @@ class HS256Codec:
         self._key_by_header = {header_segment(kid): key for kid, key in keys.items()}
 
     def encode(self, claims: Mapping[str, Any]) -> str:
-        signing_input = self._signing_header + b"." + b64url(orjson.dumps(claims))
+        # json.dumps (pyjwt) escapes DEL, the one ASCII character orjson
+        # writes raw; it can only occur inside a string.
+        payload = orjson.dumps(claims).replace(b"\x7f", b"\\u007f")
+        signing_input = self._signing_header + b"." + b64url(payload)
         signature = hmac.digest(self._signing_key, signing_input, "sha256")
         return (signing_input + b"." + b64url(signature)).decode("ascii")
 

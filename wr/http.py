@@ -60,6 +60,10 @@ _ERROR_NAMES = {
     503: "overloaded",
 }
 
+# The bytes of a request head that neither head limit counts: the method,
+# spaces and version of the request line and the line ends (about 30).
+_HEAD_FRAMING_BYTES = 64
+
 
 @dataclass(slots=True)
 class Request:
@@ -126,7 +130,12 @@ _STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus}
 
 
 def encode_response(
-    response: Response, *, keep_alive: bool, head: bool, date: bytes
+    response: Response,
+    *,
+    keep_alive: bool,
+    head: bool,
+    date: bytes,
+    http10: bool = False,
 ) -> bytes:
     """Serialize a response; HEAD gets the headers of the full response."""
     status = response.status
@@ -144,7 +153,14 @@ def encode_response(
         parts.append(b"content-type: %s\r\n" % response.content_type.encode())
     for name, value in response.headers:
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n\r\n")
+    elif http10:
+        # RFC 9112 section 9.3: an HTTP/1.0 client keeps the connection open
+        # only if the response says so.
+        parts.append(b"connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
     if not head and status not in (204, 304):
         parts.append(response.body)
     return b"".join(parts)
@@ -185,6 +201,8 @@ class HttpConnection:
         self._parser = httptools.HttpRequestParser(self)
         self._out: list[bytes] = []
         self.closing = False
+        # Set when the server drains: the current response is the last.
+        self.draining = False
         # Whether the connection is between a request's first byte and its end.
         self.in_request = False
         self.requests = 0
@@ -192,7 +210,6 @@ class HttpConnection:
 
     def _reset_request(self) -> None:
         self._url = b""
-        self._url_done = False
         self._headers: dict[bytes, bytes] = {}
         self._header_count = 0
         self._header_bytes = 0
@@ -224,16 +241,19 @@ class HttpConnection:
             self.closing = True
             return
         except httptools.HttpParserError as exc:
-            self._reject(400, f"unparseable request: {exc}")
+            log.debug("unparseable request error=%s", exc)
+            self._reject(400, "malformed request")
             return
 
+        # on_url has seen every byte of the target so far and refused a long
+        # one, so what exceeds the limit here is a header httptools holds back.
         if self.in_request and not self._head_done:
-            limit = self._limits.max_target_bytes + self._limits.max_header_bytes
+            limits = self._limits
+            limit = (
+                limits.max_target_bytes + limits.max_header_bytes + _HEAD_FRAMING_BYTES
+            )
             if self._head_fed > limit:
-                if self._url_done:
-                    self._reject(431, "request head too large")
-                else:
-                    self._reject(414, "request target too long")
+                self._reject(431, "request head too large")
 
     def timeout(self) -> None:
         """The request-head timer fired: answer 408 and close."""
@@ -271,10 +291,21 @@ class HttpConnection:
         self.refuse(status, detail, [])
         self.in_request = False
 
-    def _respond(self, response: Response, *, keep_alive: bool, head: bool) -> None:
+    def _respond(
+        self,
+        response: Response,
+        *,
+        keep_alive: bool,
+        head: bool,
+        http10: bool = False,
+    ) -> None:
         self._out.append(
             encode_response(
-                response, keep_alive=keep_alive, head=head, date=self._date()
+                response,
+                keep_alive=keep_alive,
+                head=head,
+                date=self._date(),
+                http10=http10,
             )
         )
 
@@ -290,7 +321,6 @@ class HttpConnection:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._url_done = True
         self._header_count += 1
         self._header_bytes += len(name) + len(value) + 4
         if self._header_count > self._limits.max_headers:
@@ -309,11 +339,9 @@ class HttpConnection:
             self._headers[name] = previous + b", " + value
 
     def on_headers_complete(self) -> None:
-        self._url_done = True
         self._head_done = True
         length = self._headers.get(b"content-length")
-        if length is not None and not length.strip().isdigit():
-            raise _Reject(400, "invalid content-length")
+        # llhttp has already refused a Content-Length that is not digits.
         if length is not None and int(length) > self._limits.max_body_bytes:
             raise _Reject(413, "request body too large")
 
@@ -327,7 +355,14 @@ class HttpConnection:
         self.in_request = False
         self.requests += 1
         parser = self._parser
-        keep_alive = bool(parser.should_keep_alive())
+        # We speak no other protocol than HTTP/1.1, so an Upgrade request is
+        # answered as a plain one and the connection ends; so does every
+        # connection once the server drains.
+        keep_alive = (
+            bool(parser.should_keep_alive())
+            and not parser.should_upgrade()
+            and not self.draining
+        )
         method = parser.get_method().decode("ascii")
         try:
             url = httptools.parse_url(self._url)
@@ -347,7 +382,12 @@ class HttpConnection:
         except Exception:
             log.exception("handler failed method=%s path=%s", method, request.path)
             response = error_response(500, "internal_error", "internal error")
-        self._respond(response, keep_alive=keep_alive, head=method == "HEAD")
+        self._respond(
+            response,
+            keep_alive=keep_alive,
+            head=method == "HEAD",
+            http10=request.http_version == "1.0",
+        )
         if not keep_alive:
             self.closing = True
             raise _Stop
@@ -424,14 +464,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
+        requests = conn.requests
         conn.receive(data)
         self._flush()
         if self._transport is None or self._transport.is_closing():
             return
 
-        # Re-arm the timer that fits where the connection now stands.
+        # Re-arm the timer that fits where the connection now stands. A
+        # request begun in this read gets its own deadline, even when the
+        # one before it ended in the same read.
         if conn.in_request:
-            if not self._timer_is_head:
+            if not self._timer_is_head or conn.requests != requests:
                 self._arm(self._state.limits.header_timeout_s, head=True)
         elif self._state.draining:
             self._close()
@@ -459,6 +502,7 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def drain(self) -> None:
+        self._conn.draining = True
         if not self._conn.in_request:
             self._close()
 

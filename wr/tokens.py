@@ -109,7 +109,9 @@ class KeyRing:
         try:
             data = orjson.loads(path.read_bytes())
             keys = {
-                str(item["kid"]): base64.urlsafe_b64decode(item["secret"])
+                _kid(item["kid"]): base64.b64decode(
+                    item["secret"], altchars=b"-_", validate=True
+                )
                 for item in data["keys"]
             }
             ring = cls(active=str(data["active"]), secrets=keys)
@@ -151,10 +153,21 @@ class KeyRing:
         write_private_file(state_dir / KEYS_FILE, orjson.dumps(data))
 
 
+def _kid(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("kid must be a non-empty string")
+    return value
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (write, fsync, rename), mode 0600."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover temp file (or a link planted there) is removed, never
+    # followed or reused, so the new file is ours and 0600.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -241,7 +254,7 @@ class Tokens:
         kid = header.get("kid")
         if kid is None:
             return TokenError("unknown_kid", "token has no kid")
-        if kid not in self.ring.secrets:
+        if not isinstance(kid, str) or kid not in self.ring.secrets:
             return TokenError("unknown_kid", "token kid is not known")
         return TokenError("malformed", "token header is not one we issue")
 
