@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def test_default_needs_no_file() -> None:
     assert config.server.port == 8080
     assert config.server.state_dir == ".wr-state"
     assert config.state_dir == Path(".wr-state")
-    assert config.server.workers == 1
+    assert config.server.workers == (os.cpu_count() or 1)
 
 
 def test_default_leaves_reserved_keys_at_their_defaults() -> None:
@@ -538,7 +539,6 @@ def test_reserved_keys_are_accepted_at_their_default(tmp_path: Path) -> None:
         ("[rooms.sale]\nmax_queue = 1000\n", "rooms.sale.max_queue"),
         ("[rooms.sale]\npow_difficulty = 8\n", "rooms.sale.pow_difficulty"),
         ("[rooms.sale]\nmax_overadmit = 1.5\n", "rooms.sale.max_overadmit"),
-        ("[server]\nworkers = 4\n", "server.workers"),
     ],
 )
 def test_reserved_key_set_otherwise_is_refused(
@@ -554,13 +554,7 @@ def test_reserved_key_is_named_in_the_room_that_sets_it(tmp_path: Path) -> None:
     assert_one_line(error_of(tmp_path, text), "rooms.b.paused")
 
 
-def test_workers_from_env_is_refused_when_not_one() -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(env={"WR_WORKERS": "2"})
-    assert_one_line(info.value, "server.workers")
-
-
-def test_workers_from_override_is_refused_when_not_one() -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(env=NO_ENV, overrides={"workers": 2})
-    assert_one_line(info.value, "server.workers")
+def test_workers_come_from_env_and_flags() -> None:
+    assert load_config(env={"WR_WORKERS": "3"}).server.workers == 3
+    overridden = load_config(env={"WR_WORKERS": "3"}, overrides={"workers": 4})
+    assert overridden.server.workers == 4

@@ -22,7 +22,9 @@ def make_room(rate_per_minute: float = 60.0) -> Room:
 
 
 def fill(room: Room, people: int) -> list[int]:
-    return [room.join() for _ in range(people)]
+    positions = [room.join() for _ in range(people)]
+    assert None not in positions
+    return [p for p in positions if p is not None]
 
 
 def test_positions_are_handed_out_in_order_from_one() -> None:
@@ -37,7 +39,7 @@ def test_ahead_counts_people_still_waiting_in_front() -> None:
     fill(room, 10)
     assert room.ahead(1) == 0
     assert room.ahead(10) == 9
-    room.serving = 4
+    room.admit(4)
     assert room.ahead(5) == 0
     assert room.ahead(10) == 5
     assert room.ahead(3) == 0
@@ -48,7 +50,7 @@ def test_eta_follows_the_admission_rate() -> None:
     fill(room, 100)
     assert room.eta_s(1) == 1
     assert room.eta_s(100) == 50
-    room.serving = 40
+    room.admit(40)
     assert room.eta_s(100) == 30
     assert room.eta_s(40) == 0
 
@@ -98,7 +100,7 @@ def test_serving_never_goes_down() -> None:
 def test_claim_counts_each_admitted_position_once() -> None:
     room = make_room()
     fill(room, 5)
-    room.serving = 3
+    room.admit(3)
     assert room.claim(2) is True
     assert room.claim(2) is False
     assert room.claim(3) is True
@@ -108,14 +110,14 @@ def test_claim_counts_each_admitted_position_once() -> None:
 def test_claim_refuses_positions_not_yet_admitted() -> None:
     room = make_room()
     fill(room, 5)
-    room.serving = 3
+    room.admit(3)
     assert room.claim(4) is False
     assert room.claimed == 0
 
 
 def test_claim_slots_are_cleared_when_reused_by_later_positions() -> None:
     room = make_room(rate_per_minute=60 * CLAIM_WINDOW)
-    room.next_position = 3 * CLAIM_WINDOW
+    room.restore(next_position=3 * CLAIM_WINDOW, serving=0, claimed=0, admitted=0)
     room.advance(1.0)
     first = CLAIM_WINDOW // 2
     assert room.claim(first) is True
@@ -168,3 +170,32 @@ def test_next_poll_grows_with_the_wait_within_its_bounds(
     high = next_poll_s(eta_s, lambda: 0.999999)
     assert low == pytest.approx(base * (1 - POLL_JITTER), abs=0.05)
     assert high == pytest.approx(base * (1 + POLL_JITTER), abs=0.05)
+
+
+def test_join_stops_at_the_reserved_range() -> None:
+    room = make_room()
+    room.restore(next_position=10, serving=4, claimed=2, admitted=4)
+    assert room.join() is None
+    room.reserved = 12
+    assert [room.join(), room.join(), room.join()] == [10, 11, None]
+    assert room.next_position == 12
+
+
+def test_admit_moves_serving_and_counts_admissions() -> None:
+    room = make_room()
+    fill(room, 10)
+    room.admit(3)
+    room.admit(0)
+    room.admit(2)
+    assert (room.serving, room.admitted) == (5, 5)
+
+
+def test_ticker_plans_before_it_applies() -> None:
+    room = make_room(rate_per_minute=600)
+    fill(room, 100)
+    ticker = Ticker([room], now=0.0)
+    plan = ticker.plan(0.5)
+    assert plan == {room: 5}
+    assert room.serving == 0
+    room.admit(plan[room])
+    assert room.serving == 5

@@ -483,6 +483,7 @@ def test_load_reports_invalid_rings(
     tmp_path: Path, content: bytes, message: str
 ) -> None:
     (tmp_path / KEYS_FILE).write_bytes(content)
+    (tmp_path / KEYS_FILE).chmod(0o600)
 
     with pytest.raises(KeyRingError, match=message):
         KeyRing.load(tmp_path)

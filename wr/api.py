@@ -172,6 +172,12 @@ class App:
                 return self._place(room, claims, token, now)
 
         position = room.join()
+        if position is None:
+            # Arrivals outran the positions the supervisor has saved ahead;
+            # it saves more within a tick.
+            return _error(
+                503, "try_again", "too many arrivals at once", ("retry-after", "1")
+            )
         eta = room.eta_s(position)
         token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
         return self._waiting(room, position, token, eta, set_cookie=True)

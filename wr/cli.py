@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import jwt
 
 from wr import __version__
 from wr.config import Config, ConfigError, load_config
-from wr.server import run
+from wr.state import StateError, prepare_state_dir
+from wr.supervisor import EXIT_CANNOT_START, StartError, serve
 from wr.tokens import KeyRing, KeyRingError
 
 __all__ = ["main"]
@@ -59,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "keygen", help="create the signing key ring if it does not exist"
     )
     _add_config_flags(keygen)
+    keygen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="add a new signing key; older keys verify until their tokens expire",
+    )
     keygen.set_defaults(run=_keygen)
 
     token = commands.add_parser("token", help="inspect tokens")
@@ -96,23 +103,39 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr
     )
     try:
-        run(config)
+        return serve(lambda: _load(args, "host", "port", "workers"))
+    except StartError as exc:
+        print(f"wr: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     except OSError as exc:
-        logging.getLogger("wr.server").error(
-            "cannot serve host=%s port=%s error=%s",
-            config.server.host,
-            config.server.port,
-            exc.strerror or exc,
+        print(
+            f"wr: cannot serve on {config.server.host}:{config.server.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
         )
-        return 1
-    return 0
+        return EXIT_CANNOT_START
 
 
 def _keygen(args: argparse.Namespace) -> int:
     config = _load(args)
+    try:
+        prepare_state_dir(config.state_dir)
+    except StateError as exc:
+        print(f"wr: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     ring, created = KeyRing.load_or_create(config.state_dir)
+    path = config.state_dir / "keys.json"
+    if args.rotate and not created:
+        tokens = config.tokens
+        ring = ring.rotate(time.time(), max(tokens.queue_ttl_s, tokens.access_ttl_s))
+        ring.save(config.state_dir)
+        print(
+            f"rotated: {path} active kid {ring.active}; "
+            f"send SIGHUP to a running wr (systemctl reload wr) to sign with it"
+        )
+        return 0
     verb = "created" if created else "exists"
-    print(f"{verb}: {config.state_dir / 'keys.json'} active kid {ring.active}")
+    print(f"{verb}: {path} active kid {ring.active}")
     return 0
 
 

@@ -43,7 +43,6 @@ DEFAULT_TOML = """\
 [server]
 host = "127.0.0.1"
 port = 8080
-workers = 1
 state_dir = ".wr-state"
 backend = "memory"
 
@@ -92,13 +91,16 @@ class ConfigError(Exception):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    # One worker per core: each is a single-threaded event loop.
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     state_dir: str = ".wr-state"
     backend: str = "memory"
     # Where the waiting page lives; empty: static/ beside the wr package.
     static_dir: str = ""
     # On TERM/INT, in-flight requests get this long to finish.
     shutdown_grace_s: float = 10.0
+    # A worker whose heartbeat is older than this is stuck: it is killed.
+    heartbeat_timeout_s: float = 10.0
     log_level: str = "info"
 
     def check(self, key: str) -> None:
@@ -112,7 +114,9 @@ class ServerConfig:
         _require(self.workers >= 1, f"{key}.workers", "must be >= 1")
         _require(bool(self.host), f"{key}.host", "must not be empty")
         _require(bool(self.state_dir), f"{key}.state_dir", "must not be empty")
-        _require(self.workers == 1, f"{key}.workers", "must be 1 in this version")
+        _require(
+            self.heartbeat_timeout_s >= 2, f"{key}.heartbeat_timeout_s", "must be >= 2"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,15 +13,20 @@ import math
 from collections.abc import Callable, Iterable
 
 from wr.config import RoomConfig
+from wr.shm import RoomSlot
 
 __all__ = [
     "CLAIM_WINDOW",
     "MAX_TICK_GAP_S",
     "TICK_INTERVAL_S",
+    "UNLIMITED",
     "Room",
     "Ticker",
     "next_poll_s",
 ]
+
+# A reservation without limit, for rooms whose positions are not persisted.
+UNLIMITED = 1 << 62
 
 # The ticker's period: short enough that a rate of a few thousand a minute
 # admits people smoothly, long enough to cost nothing.
@@ -56,18 +61,52 @@ def next_poll_s(eta_s: int | None, rand: Callable[[], float]) -> float:
 
 
 class Room:
-    """The counters and admission arithmetic of one room."""
+    """The counters and admission arithmetic of one room.
 
-    def __init__(self, config: RoomConfig) -> None:
+    The counters live in a :class:`wr.shm.RoomSlot`, shared by every worker
+    of the host; without one, the room gets a private slot. Workers call
+    :meth:`join` and :meth:`claim`; only the ticker moves ``serving``.
+    """
+
+    def __init__(self, config: RoomConfig, slot: RoomSlot | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.next_position = 1
-        self.serving = 0
-        self.claimed = 0
-        self.admitted = 0
-        # Admissions earned by the rate but not yet whole (carried between ticks).
+        if slot is None:
+            slot = RoomSlot.private(CLAIM_WINDOW // 8)
+            slot.counters.next_position = 1
+            slot.counters.reserved = UNLIMITED
+        self._slot = slot
+        self._counters = slot.counters
+        self._lock = slot.lock
+        self._claims = slot.claims
+        # Admissions earned by the rate but not yet whole (carried between
+        # ticks); only the ticker's process uses it.
         self._credit = 0.0
-        self._claims = bytearray(CLAIM_WINDOW // 8)
+
+    @property
+    def next_position(self) -> int:
+        return int(self._counters.next_position)
+
+    @property
+    def serving(self) -> int:
+        return int(self._counters.serving)
+
+    @property
+    def reserved(self) -> int:
+        """Positions below this may be handed out (see :mod:`wr.state`)."""
+        return int(self._counters.reserved)
+
+    @reserved.setter
+    def reserved(self, value: int) -> None:
+        self._counters.reserved = value
+
+    @property
+    def claimed(self) -> int:
+        return int(self._counters.claimed)
+
+    @property
+    def admitted(self) -> int:
+        return int(self._counters.admitted)
 
     @property
     def rate_per_s(self) -> float:
@@ -76,13 +115,28 @@ class Room:
     @property
     def waiting(self) -> int:
         """People given a position and not yet allowed in."""
-        return self.next_position - 1 - self.serving
+        return max(0, self.next_position - 1 - self.serving)
 
-    def join(self) -> int:
-        """Hand out the next position."""
-        position = self.next_position
-        self.next_position = position + 1
-        return position
+    def restore(
+        self, next_position: int, serving: int, claimed: int, admitted: int
+    ) -> None:
+        """Set the counters from a saved state (before anyone joins)."""
+        counters = self._counters
+        counters.next_position = next_position
+        counters.reserved = next_position
+        counters.serving = serving
+        counters.claimed = claimed
+        counters.admitted = admitted
+
+    def join(self) -> int | None:
+        """Hand out the next position; None if the reserved range is used up."""
+        counters = self._counters
+        with self._lock:
+            position = counters.next_position
+            if position >= counters.reserved:
+                return None
+            counters.next_position = position + 1
+        return int(position)
 
     def is_admitted(self, position: int) -> bool:
         return position <= self.serving
@@ -101,8 +155,8 @@ class Room:
             return None
         return math.ceil(behind / rate)
 
-    def advance(self, dt: float) -> int:
-        """Let people in for ``dt`` seconds of the admission rate; return how many."""
+    def admissions(self, dt: float) -> int:
+        """How many people ``dt`` seconds of the rate let in (not yet applied)."""
         self._credit += self.rate_per_s * dt
         whole = int(self._credit)
         waiting = self.waiting
@@ -112,34 +166,48 @@ class Room:
             self._credit -= int(self._credit)
         else:
             self._credit -= whole
-        if whole > 0:
-            self._forget_claims(self.serving + 1, self.serving + whole)
-            self.serving += whole
-            self.admitted += whole
         return whole
+
+    def admit(self, count: int) -> None:
+        """Raise ``serving`` by ``count`` (the ticker's process only)."""
+        if count <= 0:
+            return
+        serving = self.serving
+        self._forget_claims(serving + 1, serving + count)
+        self._counters.admitted += count
+        self._counters.serving = serving + count
+
+    def advance(self, dt: float) -> int:
+        """Let people in for ``dt`` seconds of the admission rate; return how many."""
+        count = self.admissions(dt)
+        self.admit(count)
+        return count
 
     def claim(self, position: int) -> bool:
         """Record that ``position`` took its turn; True the first time only."""
-        if position > self.serving or position <= self.serving - CLAIM_WINDOW:
+        serving = self.serving
+        if position > serving or position <= serving - CLAIM_WINDOW:
             return False
         slot = position % CLAIM_WINDOW
         byte, bit = slot >> 3, 1 << (slot & 7)
-        if self._claims[byte] & bit:
-            return False
-        self._claims[byte] |= bit
-        self.claimed += 1
+        with self._lock:
+            if self._claims[byte] & bit:
+                return False
+            self._claims[byte] |= bit
+            self._counters.claimed += 1
         return True
 
     def _forget_claims(self, first: int, last: int) -> None:
         # Slots are reused every CLAIM_WINDOW positions: clear the ones that
-        # newly admitted positions will use.
-        if last - first + 1 >= CLAIM_WINDOW:
-            self._claims[:] = bytes(len(self._claims))
-            return
+        # newly admitted positions will use, before they are admitted.
         claims = self._claims
-        for position in range(first, last + 1):
-            slot = position % CLAIM_WINDOW
-            claims[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+        with self._lock:
+            if last - first + 1 >= CLAIM_WINDOW:
+                claims[:] = bytes(len(claims))
+                return
+            for position in range(first, last + 1):
+                slot = position % CLAIM_WINDOW
+                claims[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
 
 
 class Ticker:
@@ -149,10 +217,19 @@ class Ticker:
         self.rooms = list(rooms)
         self.last = now
 
+    def plan(self, now: float) -> dict[Room, int]:
+        """Admissions due in each room at ``now``; apply with :meth:`Room.admit`.
+
+        Planning and applying are separate so that the supervisor can save
+        the new ``serving`` before anyone is told about it.
+        """
+        dt = min(max(0.0, now - self.last), MAX_TICK_GAP_S)
+        self.last = now
+        return {room: room.admissions(dt) for room in self.rooms}
+
     def tick(self, now: float) -> float:
         """Advance all rooms to ``now``; return the seconds accounted for."""
         dt = min(max(0.0, now - self.last), MAX_TICK_GAP_S)
-        self.last = now
-        for room in self.rooms:
-            room.advance(dt)
+        for room, count in self.plan(now).items():
+            room.admit(count)
         return dt

@@ -1,66 +1,136 @@
-"""One serving process: the listening socket, the ticker, the HTTP app.
+"""One serving process: its listening socket, the HTTP app, its heartbeat.
 
-:func:`run` builds everything from a :class:`wr.config.Config`, listens,
-ticks every room every ``TICK_INTERVAL_S`` and, on SIGTERM or SIGINT, stops
-accepting, lets in-flight requests finish (up to ``shutdown_grace_s``) and
-returns.
+A :class:`Worker` is what each worker process runs, and also what the only
+process runs when ``workers = 1``; then it carries the :class:`Steward`
+(ticker, reservations, saves) and talks to systemd itself, duties the
+supervisor has otherwise.
+
+On SIGTERM or SIGINT a worker stops accepting, lets in-flight requests
+finish (up to ``shutdown_grace_s``) and returns. On SIGHUP it reloads the
+configuration and the key ring in place: connections stay open and the next
+request sees the new rooms, rates and keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import uvloop
-
 from wr.api import App
-from wr.config import Config
-from wr.http import HttpProtocol, HttpServerState
+from wr.config import Config, ConfigError
+from wr.http import HttpProtocol, HttpServerState, Request, Response
 from wr.metrics import Metrics
-from wr.room import TICK_INTERVAL_S, Room, Ticker
+from wr.room import Room
+from wr.shm import SharedBlock
+from wr.state import StateError
 from wr.static import StaticFiles, default_static_dir
-from wr.tokens import KeyRing, Tokens
+from wr.steward import STEP_INTERVAL_S, Steward
+from wr.systemd import notify, watchdog_interval_s
+from wr.tokens import KeyRing, KeyRingError, Tokens
 
-__all__ = ["Server", "run"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "Worker"]
 
 log = logging.getLogger("wr.server")
-ticker_log = logging.getLogger("wr.ticker")
 
 # Pending connections the kernel may queue for us: a flash crowd arrives at
 # once, and a short backlog turns it into refused connections.
 LISTEN_BACKLOG = 4096
+# Workers prove they are alive this often; see server.heartbeat_timeout_s.
+HEARTBEAT_INTERVAL_S = 1.0
+# While draining, how often to look whether the last connection has gone.
+DRAIN_POLL_S = 0.05
 
 
-class Server:
-    def __init__(self, config: Config) -> None:
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        block: SharedBlock,
+        index: int,
+        load: Callable[[], Config],
+        *,
+        steward: Steward | None = None,
+    ) -> None:
         self.config = config
-        self.rooms = {name: Room(room) for name, room in config.rooms.items()}
-        ring, _ = KeyRing.load_or_create(config.state_dir)
-        self.tokens = Tokens(ring, config.tokens)
-        self.metrics = Metrics(self.rooms)
-        static_dir = Path(config.server.static_dir or default_static_dir())
-        self.static = StaticFiles.load(static_dir)
+        self.block = block
+        self.index = index
+        self._load = load
+        self.steward = steward
+        self.supervisor_pid = os.getppid()
         self.ready = False
-        self.app = App(
-            config,
-            self.rooms,
-            self.tokens,
-            self.metrics,
-            self.static,
-            ready=lambda: self.ready,
-        )
+        self.rooms = self._rooms(config)
+        self.metrics = Metrics(self.rooms)
+        self.app = self._app(config, self._tokens(config))
         self.http = HttpServerState(
-            self.app.handle, config.http, on_rejected=self.metrics.http_error
+            self._handle, config.http, on_rejected=self.metrics.http_error
         )
-        self.ticker = Ticker(self.rooms.values(), time.monotonic())
         self._stop = asyncio.Event()
+
+    @property
+    def alone(self) -> bool:
+        """True when this is the only process (it carries the steward)."""
+        return self.steward is not None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _handle(self, request: Request) -> Response:
+        # Through self.app, so that a reload swaps the app under live
+        # connections.
+        return self.app.handle(request)
+
+    # Building and rebuilding.
+
+    def _rooms(self, config: Config) -> dict[str, Room]:
+        rooms = {}
+        for name, room_config in config.rooms.items():
+            slot = self.block.find(name)
+            if slot is None:
+                log.error("room has no shared slot room=%s", name)
+                continue
+            rooms[name] = Room(room_config, slot)
+        return rooms
+
+    def _tokens(self, config: Config) -> Tokens:
+        return Tokens(KeyRing.load(config.state_dir), config.tokens)
+
+    def _app(self, config: Config, tokens: Tokens) -> App:
+        static_dir = Path(config.server.static_dir or default_static_dir())
+        return App(
+            config,
+            self.rooms,
+            tokens,
+            self.metrics,
+            StaticFiles.load(static_dir),
+            ready=lambda: self.ready,
+        )
+
+    def reload(self) -> None:
+        """Re-read config and keys; keep the old ones if either is bad."""
+        try:
+            config = self._load()
+            if self.steward is not None:
+                self.steward.reconfigure(config.rooms, time.monotonic())
+            tokens = self._tokens(config)
+            self.rooms = self._rooms(config)
+            self.metrics.rooms = self.rooms
+            app = self._app(config, tokens)
+        except (ConfigError, KeyRingError, StateError, OSError, ValueError) as exc:
+            log.error("reload failed, keeping the running config error=%s", exc)
+            return
+        _warn_unapplied(self.config, config)
+        self.config = config
+        self.app = app
+        self.http.limits = config.http
+        log.info("reloaded rooms=%s kid=%s", ",".join(self.rooms), tokens.ring.active)
+
+    # Running.
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,54 +138,86 @@ class Server:
             lambda: HttpProtocol(self.http, loop),
             host=self.config.server.host,
             port=self.config.server.port,
-            # Not SO_REUSEPORT: a second wr started on a busy port must fail,
-            # not silently share the port with a queue of its own.
-            reuse_port=False,
+            # Workers share the port through SO_REUSEPORT; a lone process
+            # does not, so that starting a second wr on a busy port fails.
+            reuse_port=not self.alone,
             backlog=LISTEN_BACKLOG,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        ticker = asyncio.create_task(self._tick_forever())
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+        tasks = [asyncio.create_task(self._heartbeat())]
+        if self.steward is not None:
+            tasks.append(asyncio.create_task(self._steward_loop(self.steward)))
+            interval = watchdog_interval_s()
+            if interval is not None:
+                tasks.append(asyncio.create_task(_watchdog(interval)))
         self.ready = True
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            log.info("listening url=http://%s:%s/", _url_host(sock, host), port)
+        if self.alone or self.index == 0:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("listening url=http://%s:%s/", _url_host(sock, host), port)
+        if self.alone:
+            notify("READY=1")
 
         await self._stop.wait()
 
-        log.info("draining grace_s=%s", self.config.server.shutdown_grace_s)
+        grace = self.config.server.shutdown_grace_s
+        log.info("draining grace_s=%s", grace)
+        if self.alone:
+            notify("STOPPING=1")
         self.ready = False
         server.close()
         self.http.drain()
-        await self._wait_drained()
-        ticker.cancel()
+        await self._wait_drained(grace)
+        for task in tasks:
+            task.cancel()
+        if self.steward is not None:
+            self.steward.final_save()
         log.info("stopped")
 
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL_S)
-            started = time.monotonic()
-            self.ticker.tick(started)
-            if ticker_log.isEnabledFor(logging.DEBUG):
-                ticker_log.debug("tick took_s=%.6f", time.monotonic() - started)
+    def _on_hup(self) -> None:
+        if self.alone:
+            notify("RELOADING=1")
+        self.reload()
+        if self.alone:
+            notify("READY=1")
 
-    async def _wait_drained(self) -> None:
-        deadline = time.monotonic() + self.config.server.shutdown_grace_s
+    async def _heartbeat(self) -> None:
+        slot = self.block.workers[self.index]
+        slot.pid = os.getpid()
+        while True:
+            slot.heartbeat = time.monotonic()
+            if not self.alone and os.getppid() != self.supervisor_pid:
+                log.warning("supervisor is gone, stopping")
+                self.stop()
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _steward_loop(self, steward: Steward) -> None:
+        while True:
+            await asyncio.sleep(STEP_INTERVAL_S)
+            steward.step(time.monotonic())
+
+    async def _wait_drained(self, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
         while self.http.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(DRAIN_POLL_S)
         for protocol in list(self.http.connections):
             protocol.abort()
 
 
+async def _watchdog(interval_s: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval_s)
+
+
+def _warn_unapplied(old: Config, new: Config) -> None:
+    for key in ("host", "port", "workers", "state_dir"):
+        if getattr(old.server, key) != getattr(new.server, key):
+            log.warning("server.%s changed; it takes effect after a restart", key)
+
+
 def _url_host(sock: socket.socket, host: str) -> str:
     return f"[{host}]" if sock.family == socket.AF_INET6 else host
-
-
-def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_main(config))
-
-
-async def _main(config: Config) -> None:
-    await Server(config).run()

@@ -19,8 +19,9 @@ import contextlib
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,20 +94,37 @@ def new_session_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeyRing:
-    """Signing secrets by ``kid``; ``active`` signs new tokens."""
+    """Signing secrets by ``kid``; ``active`` signs new tokens.
+
+    ``retired`` maps each former signing key to the time it stopped signing.
+    A retired key still verifies the tokens it signed until the longest of
+    them has expired; :meth:`rotate` then drops it.
+    """
 
     active: str
     secrets: Mapping[str, bytes]
+    retired: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def generate(cls) -> KeyRing:
         kid = secrets.token_hex(8)
         return cls(active=kid, secrets={kid: secrets.token_bytes(SECRET_BYTES)})
 
+    def rotate(self, now: float, keep_s: int) -> KeyRing:
+        """A ring whose new key signs; older keys verify for ``keep_s`` more."""
+        kid = secrets.token_hex(8)
+        retired = {**self.retired, self.active: int(now)}
+        retired = {k: at for k, at in retired.items() if at + keep_s > now}
+        keys = {k: v for k, v in self.secrets.items() if k in retired}
+        keys[kid] = secrets.token_bytes(SECRET_BYTES)
+        return KeyRing(active=kid, secrets=keys, retired=retired)
+
     @classmethod
     def load(cls, state_dir: Path) -> KeyRing:
+        """The ring saved in ``state_dir``; FileNotFoundError if there is none."""
         path = state_dir / KEYS_FILE
         try:
+            mode = path.stat().st_mode
             data = orjson.loads(path.read_bytes())
             keys = {
                 _kid(item["kid"]): base64.b64decode(
@@ -114,13 +132,23 @@ class KeyRing:
                 )
                 for item in data["keys"]
             }
-            ring = cls(active=str(data["active"]), secrets=keys)
+            retired = {
+                _kid(item["kid"]): int(item["retired_at"])
+                for item in data["keys"]
+                if item.get("retired_at") is not None
+            }
+            ring = cls(active=_kid(data["active"]), secrets=keys, retired=retired)
         except FileNotFoundError:
             raise
         except OSError as exc:
             raise KeyRingError(f"{path}: cannot read: {exc.strerror}") from None
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise KeyRingError(f"{path}: not a valid key ring") from None
+        if mode & 0o077:
+            raise KeyRingError(
+                f"{path}: readable or writable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+            )
         if ring.active not in ring.secrets:
             raise KeyRingError(f"{path}: active kid {ring.active!r} has no secret")
         if any(len(secret) < SECRET_BYTES for secret in ring.secrets.values()):
@@ -146,7 +174,11 @@ class KeyRing:
         data = {
             "active": self.active,
             "keys": [
-                {"kid": kid, "secret": base64.urlsafe_b64encode(secret).decode()}
+                {
+                    "kid": kid,
+                    "secret": base64.urlsafe_b64encode(secret).decode(),
+                    "retired_at": self.retired.get(kid),
+                }
                 for kid, secret in self.secrets.items()
             ],
         }

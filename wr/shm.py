@@ -1,0 +1,204 @@
+"""The shared-memory block that every process of one wr sees.
+
+The supervisor maps one anonymous, shared block before it forks, so every
+worker inherits the same pages. It holds, at fixed offsets:
+
+- one slot per worker: its pid and a heartbeat (``time.monotonic()``, which
+  is one clock for all processes of a host);
+- one slot per room: the counters (``next_position``, ``serving``,
+  ``reserved``, ``claimed``, ``admitted``), the room's name, a lock, and the
+  ring of claim bits (see :data:`wr.room.CLAIM_WINDOW`).
+
+Workers take positions under the room's lock, a process-shared *robust*
+pthread mutex: if a process dies holding it, the next one to lock it is told
+so by the kernel and carries on, instead of every worker hanging. The lock
+is held only for a read and a write of two integers. ``serving`` is written
+by the ticker alone and read without the lock: aligned 64-bit stores are not
+torn on the platforms wr runs on (x86-64 and arm64 Linux).
+
+This module is Linux-specific: it reaches the pthread functions of the C
+library through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import mmap
+import os
+from types import TracebackType
+
+__all__ = [
+    "MAX_ROOMS",
+    "MAX_WORKERS",
+    "RobustMutex",
+    "RoomSlot",
+    "SharedBlock",
+    "WorkerSlot",
+]
+
+log = logging.getLogger("wr.supervisor")
+
+# Rooms that can exist at once, including ones added by a reload; a slot
+# costs 128 KiB of address space, touched only when the room is used.
+MAX_ROOMS = 64
+# Worker processes; far more than the cores of any host wr runs on.
+MAX_WORKERS = 256
+# pthread_mutex_t is 40 bytes on 64-bit Linux; 64 keeps the counters after
+# it on their own cache line.
+MUTEX_BYTES = 64
+# pthread_mutexattr_t is 4 bytes; a larger buffer costs nothing.
+MUTEXATTR_BYTES = 16
+# Room names are at most 64 ASCII characters (wr.config.ROOM_NAME).
+NAME_BYTES = 64
+
+_PTHREAD_PROCESS_SHARED = 1
+_PTHREAD_MUTEX_ROBUST = 1
+
+
+def _load_pthread() -> ctypes.CDLL:
+    # glibc 2.34+ has pthread in libc itself; older ones in libpthread.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "pthread_mutex_consistent"):
+        return libc
+    name = ctypes.util.find_library("pthread")
+    if name is None:
+        raise OSError("wr needs the POSIX threads library (Linux)")
+    return ctypes.CDLL(name, use_errno=True)
+
+
+_pthread = _load_pthread()
+_lock = _pthread.pthread_mutex_lock
+_unlock = _pthread.pthread_mutex_unlock
+_consistent = _pthread.pthread_mutex_consistent
+for _function in (_lock, _unlock, _consistent):
+    _function.argtypes = [ctypes.c_void_p]
+    _function.restype = ctypes.c_int
+
+
+class RoomCounters(ctypes.Structure):
+    _fields_ = (
+        ("mutex", ctypes.c_ubyte * MUTEX_BYTES),
+        ("next_position", ctypes.c_int64),
+        ("serving", ctypes.c_int64),
+        ("reserved", ctypes.c_int64),
+        ("claimed", ctypes.c_int64),
+        ("admitted", ctypes.c_int64),
+        ("in_use", ctypes.c_int64),
+        ("name", ctypes.c_char * NAME_BYTES),
+    )
+
+
+class WorkerSlot(ctypes.Structure):
+    _fields_ = (
+        ("pid", ctypes.c_int64),
+        ("heartbeat", ctypes.c_double),
+    )
+
+
+class RobustMutex:
+    """A process-shared robust mutex at a fixed address (a context manager)."""
+
+    def __init__(self, address: int) -> None:
+        self._address = address
+
+    def init(self) -> None:
+        attr = ctypes.create_string_buffer(MUTEXATTR_BYTES)
+        checks = (
+            _pthread.pthread_mutexattr_init(attr),
+            _pthread.pthread_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED),
+            _pthread.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST),
+            _pthread.pthread_mutex_init(ctypes.c_void_p(self._address), attr),
+        )
+        _pthread.pthread_mutexattr_destroy(attr)
+        if any(checks):
+            raise OSError(f"cannot initialise a shared mutex: {checks}")
+
+    def __enter__(self) -> None:
+        result = _lock(self._address)
+        if result == errno.EOWNERDEAD:
+            # A process died inside the critical section. What it protects
+            # is two integers written in order, so the state is usable.
+            _consistent(self._address)
+            log.warning("recovered a lock from a dead process pid=%s", os.getpid())
+        elif result != 0:
+            raise OSError(result, os.strerror(result))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _unlock(self._address)
+
+
+class RoomSlot:
+    """One room's counters, lock and claim bits, in shared memory or not."""
+
+    def __init__(self, block: mmap.mmap, offset: int, claim_bytes: int) -> None:
+        self.counters = RoomCounters.from_buffer(block, offset)
+        self.lock = RobustMutex(ctypes.addressof(self.counters))
+        start = offset + ctypes.sizeof(RoomCounters)
+        self.claims = memoryview(block)[start : start + claim_bytes]
+
+    @classmethod
+    def private(cls, claim_bytes: int) -> RoomSlot:
+        """A slot of its own, for one process (tests, tools)."""
+        size = ctypes.sizeof(RoomCounters) + claim_bytes
+        slot = cls(mmap.mmap(-1, size), 0, claim_bytes)
+        slot.lock.init()
+        return slot
+
+
+def _aligned(size: int, to: int = 64) -> int:
+    return (size + to - 1) // to * to
+
+
+class SharedBlock:
+    """The block: worker slots, then room slots, each with its claim bits."""
+
+    def __init__(self, claim_bytes: int) -> None:
+        self.claim_bytes = claim_bytes
+        self._worker_bytes = _aligned(ctypes.sizeof(WorkerSlot) * MAX_WORKERS)
+        self._room_bytes = _aligned(ctypes.sizeof(RoomCounters) + claim_bytes)
+        size = self._worker_bytes + self._room_bytes * MAX_ROOMS
+        # mmap(-1) is anonymous and MAP_SHARED: children see our writes.
+        self._block = mmap.mmap(-1, size)
+        self.workers = (WorkerSlot * MAX_WORKERS).from_buffer(self._block, 0)
+        self.rooms = [
+            RoomSlot(
+                self._block, self._worker_bytes + i * self._room_bytes, claim_bytes
+            )
+            for i in range(MAX_ROOMS)
+        ]
+        for slot in self.rooms:
+            slot.lock.init()
+
+    def find(self, name: str) -> RoomSlot | None:
+        """The slot of room ``name``, if the supervisor has given it one."""
+        encoded = name.encode("ascii")
+        for slot in self.rooms:
+            if slot.counters.in_use and slot.counters.name == encoded:
+                return slot
+        return None
+
+    def room(self, name: str) -> RoomSlot:
+        """The slot named ``name``, taking a free one the first time.
+
+        Only the supervisor takes slots, before workers look them up.
+        """
+        encoded = name.encode("ascii")
+        free = None
+        for slot in self.rooms:
+            if slot.counters.in_use and slot.counters.name == encoded:
+                return slot
+            if free is None and not slot.counters.in_use:
+                free = slot
+        if free is None:
+            raise ValueError(f"more than {MAX_ROOMS} rooms")
+        free.counters.name = encoded
+        free.counters.in_use = 1
+        return free

@@ -1,0 +1,180 @@
+"""The supervisor's duties towards the rooms: tick, reserve, save, publish.
+
+One steward runs per host, in the supervisor (or in the only process when
+``workers = 1``). Every :data:`STEP_INTERVAL_S` it
+
+1. plans the admissions due since the last tick (every ``TICK_INTERVAL_S``);
+2. tops up each room's *reserved* range of positions, so workers can keep
+   handing out positions without waiting for the disk;
+3. saves the counters as they will be (``wr.state``), and only then
+4. publishes the new ``serving`` and reservations to the workers.
+
+Because the save comes first, a crash at any moment leaves on disk a
+``next_position`` above every position handed out and a ``serving`` no lower
+than any ever published. The price is a gap: positions reserved but not yet
+handed out when the host died are skipped after a restart (at most
+:data:`RESERVE_MIN` or :data:`RESERVE_AHEAD_S` of arrivals).
+
+If the state directory stops taking writes (full, read-only), the steward
+keeps the rooms moving from memory and logs an error, once, until a save
+works again: the waiting room stays up; only the crash guarantee lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from wr.config import RoomConfig
+from wr.room import TICK_INTERVAL_S, Room, Ticker
+from wr.shm import SharedBlock
+from wr.state import RoomState, load_state, save_state
+
+__all__ = ["RESERVE_AHEAD_S", "RESERVE_MIN", "STEP_INTERVAL_S", "Steward"]
+
+log = logging.getLogger("wr.ticker")
+
+# How often reservations are checked: a flash crowd exhausts a small
+# reservation quickly, so this runs more often than the ticker.
+STEP_INTERVAL_S = 0.02
+# Positions reserved ahead in a quiet room.
+RESERVE_MIN = 1024
+# In a busy room, enough positions for this many seconds of arrivals.
+RESERVE_AHEAD_S = 2.0
+# Arrival rates are measured over windows of this length.
+RATE_WINDOW_S = 1.0
+
+
+class Steward:
+    def __init__(
+        self,
+        rooms: Mapping[str, RoomConfig],
+        block: SharedBlock,
+        state_dir: Path,
+        now: float,
+    ) -> None:
+        self.block = block
+        self.state_dir = state_dir
+        saved = load_state(state_dir)
+        # Rooms in the file but not in the config keep their counters, so a
+        # room that comes back never hands out a position twice.
+        self._dormant = {n: s for n, s in saved.items() if n not in rooms}
+        self.rooms: dict[str, Room] = {}
+        for name, config in rooms.items():
+            room = Room(config, block.room(name))
+            room.restore(**_fields(saved.get(name, RoomState())))
+            self.rooms[name] = room
+        self.ticker = Ticker(self.rooms.values(), now)
+        self._next_tick = now + TICK_INTERVAL_S
+        self._rate_started = now
+        self._rate_from = {name: r.next_position for name, r in self.rooms.items()}
+        self._join_rate: dict[str, float] = dict.fromkeys(self.rooms, 0.0)
+        self.save_failing = False
+        self.saves = 0
+        # Nothing may be handed out before a first reservation is saved.
+        self.step(now)
+
+    def reconfigure(self, rooms: Mapping[str, RoomConfig], now: float) -> None:
+        """Apply a reloaded room list: new rates at once, new rooms, removed rooms."""
+        for name in list(self.rooms):
+            if name not in rooms:
+                room = self.rooms.pop(name)
+                self._dormant[name] = _snapshot(room, room.reserved, 0)
+                self._join_rate.pop(name, None)
+        for name, config in rooms.items():
+            if name in self.rooms:
+                self.rooms[name].config = config
+                continue
+            room = Room(config, self.block.room(name))
+            room.restore(**_fields(self._dormant.pop(name, RoomState())))
+            self.rooms[name] = room
+            self._rate_from[name] = room.next_position
+            self._join_rate[name] = 0.0
+        self.ticker.rooms = list(self.rooms.values())
+        self.step(now)
+
+    def step(self, now: float) -> None:
+        plan: dict[Room, int] = {}
+        if now >= self._next_tick:
+            plan = self.ticker.plan(now)
+            self._next_tick = now + TICK_INTERVAL_S
+        self._measure(now)
+        reservations = self._reservations()
+
+        if any(plan.values()) or reservations:
+            self._save(plan, reservations)
+        for room, count in plan.items():
+            room.admit(count)
+        for room, reserved in reservations.items():
+            room.reserved = reserved
+
+    def _measure(self, now: float) -> None:
+        elapsed = now - self._rate_started
+        if elapsed < RATE_WINDOW_S:
+            return
+        for name, room in self.rooms.items():
+            joined = room.next_position - self._rate_from.get(name, room.next_position)
+            self._join_rate[name] = joined / elapsed
+            self._rate_from[name] = room.next_position
+        self._rate_started = now
+
+    def _reservations(self) -> dict[Room, int]:
+        due = {}
+        for name, room in self.rooms.items():
+            ahead = max(
+                RESERVE_MIN, int(self._join_rate.get(name, 0) * RESERVE_AHEAD_S)
+            )
+            # Top up at half, so a steady crowd never finds the range empty.
+            if room.reserved - room.next_position < ahead // 2:
+                due[room] = room.next_position + ahead
+        return due
+
+    def _save(self, plan: Mapping[Room, int], reservations: Mapping[Room, int]) -> None:
+        states = dict(self._dormant)
+        for name, room in self.rooms.items():
+            reserved = reservations.get(room, room.reserved)
+            states[name] = _snapshot(room, reserved, plan.get(room, 0))
+        try:
+            save_state(self.state_dir, states)
+        except OSError as exc:
+            if not self.save_failing:
+                log.error(
+                    "cannot save state, serving from memory path=%s error=%s",
+                    self.state_dir,
+                    exc.strerror or exc,
+                )
+            self.save_failing = True
+            return
+        if self.save_failing:
+            log.info("state saved again path=%s", self.state_dir)
+        self.save_failing = False
+        self.saves += 1
+
+    def final_save(self) -> None:
+        """Save the counters as they are, once no worker hands out positions.
+
+        The unused part of each reservation is given back, so a clean
+        restart leaves no gap in the line.
+        """
+        for room in self.rooms.values():
+            room.reserved = room.next_position
+        self._save({}, {})
+
+
+def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
+    return RoomState(
+        next_position=max(reserved, room.next_position),
+        serving=room.serving + admitting,
+        claimed=room.claimed,
+        admitted=room.admitted + admitting,
+    )
+
+
+def _fields(state: RoomState) -> dict[str, int]:
+    return {
+        "next_position": state.next_position,
+        "serving": state.serving,
+        "claimed": state.claimed,
+        "admitted": state.admitted,
+    }
