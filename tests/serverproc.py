@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,8 +45,15 @@ def wait_for(
 class WrServer:
     """A ``wr serve`` subprocess with its own config, state dir and port."""
 
-    def __init__(self, tmp: Path, config_toml: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config_toml: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.dir = tmp
+        self.extra_env = env or {}
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "wr.toml"
@@ -55,7 +63,25 @@ class WrServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WrServer:
+        self.launch()
+        wait_for(self._healthy, START_TIMEOUT_S, f"wr on port {self.port}")
+        return self
+
+    def fail_to_start(self, timeout_s: float = START_TIMEOUT_S) -> tuple[int, str]:
+        """Launch a wr that must exit by itself: its status and its output."""
+        self.launch()
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("wr started although it should not") from None
+        return code, self.log.read_text()
+
+    def launch(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WR_")}
+        env.update(self.extra_env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -73,9 +99,9 @@ class WrServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                # Its own process group, so a test can kill the whole tree.
+                start_new_session=True,
             )
-        wait_for(self._healthy, START_TIMEOUT_S, f"wr on port {self.port}")
-        return self
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -85,6 +111,27 @@ class WrServer:
             return httpx.get(f"{self.base}/healthz", timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self) -> dict[int, int]:
+        """The latest pid of each worker index, as the supervisor logged it."""
+        pids = {}
+        for match in re.finditer(
+            r"wr\.supervisor INFO worker started index=(\d+) pid=(\d+)",
+            self.log.read_text(),
+        ):
+            pids[int(match[1])] = int(match[2])
+        return pids
+
+    def kill_all(self) -> None:
+        """SIGKILL the supervisor and every worker at once."""
+        os.killpg(self.pid, signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM, wait for exit, return the exit status."""

@@ -199,3 +199,31 @@ def test_ticker_plans_before_it_applies() -> None:
     assert room.serving == 0
     room.admit(plan[room])
     assert room.serving == 5
+
+
+def test_admissions_pass_over_a_range_nobody_holds() -> None:
+    room = make_room()
+    room.restore(
+        next_position=200, serving=10, claimed=0, admitted=10, skips=[(13, 100)]
+    )
+    room.reserved = 300
+    assert room.waiting == 189 - 87
+    assert room.ahead(101) == 101 - 10 - 1 - 87
+    room.admit(5)  # 11, 12, then 100, 101, 102
+    assert room.serving == 102
+    assert room.admitted == 15
+    assert room.skips == []
+
+
+def test_a_range_right_after_serving_is_passed_at_once() -> None:
+    room = make_room()
+    room.restore(next_position=50, serving=10, claimed=0, admitted=10, skips=[(11, 40)])
+    assert room.serving_after(1) == 40
+    assert room.eta_s(41) == 2  # 40 and 41 are real, at one a second
+
+
+def test_skips_already_passed_are_dropped_on_restore() -> None:
+    room = make_room()
+    room.restore(next_position=50, serving=30, claimed=0, admitted=30, skips=[(5, 20)])
+    assert room.skips == []
+    assert room.waiting == 19

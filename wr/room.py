@@ -10,7 +10,7 @@ reads a clock: callers pass the time, so every rule is tested exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from wr.config import RoomConfig
 from wr.shm import RoomSlot
@@ -82,6 +82,7 @@ class Room:
         # Admissions earned by the rate but not yet whole (carried between
         # ticks); only the ticker's process uses it.
         self._credit = 0.0
+        self._skips: list[tuple[int, int]] = []
 
     @property
     def next_position(self) -> int:
@@ -115,10 +116,21 @@ class Room:
     @property
     def waiting(self) -> int:
         """People given a position and not yet allowed in."""
-        return max(0, self.next_position - 1 - self.serving)
+        last = self.next_position - 1
+        return max(0, last - self.serving - self._skipped_before(last + 1))
+
+    @property
+    def skips(self) -> list[tuple[int, int]]:
+        """Ranges ``[first, end)`` of positions nobody holds, still ahead."""
+        return list(self._skips)
 
     def restore(
-        self, next_position: int, serving: int, claimed: int, admitted: int
+        self,
+        next_position: int,
+        serving: int,
+        claimed: int,
+        admitted: int,
+        skips: Sequence[tuple[int, int]] = (),
     ) -> None:
         """Set the counters from a saved state (before anyone joins)."""
         counters = self._counters
@@ -127,6 +139,27 @@ class Room:
         counters.serving = serving
         counters.claimed = claimed
         counters.admitted = admitted
+        self._skips = sorted((a, b) for a, b in skips if b - 1 > serving and b > a)
+        self._publish_skip()
+
+    def skip(self, first: int, end: int) -> None:
+        """Mark positions ``[first, end)`` as held by nobody (after a crash)."""
+        if end > first and end - 1 > self.serving:
+            self._skips = sorted([*self._skips, (first, end)])
+            self._publish_skip()
+
+    def _publish_skip(self) -> None:
+        first, end = self._skips[0] if self._skips else (0, 0)
+        self._counters.skip_from = first
+        self._counters.skip_to = end
+
+    def _skipped_before(self, position: int) -> int:
+        """Positions between ``serving`` and ``position`` that nobody holds."""
+        first = int(self._counters.skip_from)
+        end = int(self._counters.skip_to)
+        low = max(first, self.serving + 1)
+        high = min(end, position)
+        return max(0, high - low)
 
     def join(self) -> int | None:
         """Hand out the next position; None if the reserved range is used up."""
@@ -143,11 +176,11 @@ class Room:
 
     def ahead(self, position: int) -> int:
         """People still waiting in front of ``position``."""
-        return max(0, position - self.serving - 1)
+        return max(0, position - self.serving - 1 - self._skipped_before(position))
 
     def eta_s(self, position: int) -> int | None:
         """Expected seconds until ``position`` is let in; None if never at this rate."""
-        behind = position - self.serving
+        behind = position - self.serving - self._skipped_before(position)
         if behind <= 0:
             return 0
         rate = self.rate_per_s
@@ -173,9 +206,24 @@ class Room:
         if count <= 0:
             return
         serving = self.serving
-        self._forget_claims(serving + 1, serving + count)
+        target = self.serving_after(count)
+        self._skips = [skip for skip in self._skips if skip[1] - 1 > target]
+        self._publish_skip()
+        self._forget_claims(serving + 1, target)
         self._counters.admitted += count
-        self._counters.serving = serving + count
+        self._counters.serving = target
+
+    def serving_after(self, count: int) -> int:
+        """What ``serving`` becomes once ``count`` more people are let in."""
+        serving = self.serving
+        target = serving + count
+        # Ranges nobody holds are passed over without using admissions.
+        for first, end in self._skips:
+            if first > target + 1:
+                break
+            if end - 1 > serving:
+                target += max(0, end - max(first, serving + 1))
+        return target
 
     def advance(self, dt: float) -> int:
         """Let people in for ``dt`` seconds of the admission rate; return how many."""

@@ -6,8 +6,9 @@ worker inherits the same pages. It holds, at fixed offsets:
 - one slot per worker: its pid and a heartbeat (``time.monotonic()``, which
   is one clock for all processes of a host);
 - one slot per room: the counters (``next_position``, ``serving``,
-  ``reserved``, ``claimed``, ``admitted``), the room's name, a lock, and the
-  ring of claim bits (see :data:`wr.room.CLAIM_WINDOW`).
+  ``reserved``, ``claimed``, ``admitted``, the next range to skip), the
+  room's name, a lock, and the ring of claim bits (see
+  :data:`wr.room.CLAIM_WINDOW`).
 
 Workers take positions under the room's lock, a process-shared *robust*
 pthread mutex: if a process dies holding it, the next one to lock it is told
@@ -87,6 +88,9 @@ class RoomCounters(ctypes.Structure):
         ("claimed", ctypes.c_int64),
         ("admitted", ctypes.c_int64),
         ("in_use", ctypes.c_int64),
+        # The next range of positions that nobody holds (see wr.steward).
+        ("skip_from", ctypes.c_int64),
+        ("skip_to", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 

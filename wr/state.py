@@ -1,11 +1,13 @@
 """What survives a restart: the state directory and the counters file.
 
 ``<state_dir>/state.json`` holds, per room, ``next_position`` (every
-position below it may have been handed out), ``serving``, ``claimed`` and
-``admitted``. The supervisor writes it atomically (write, fsync, rename)
-*before* it lets workers hand out positions up to ``next_position`` or
-publishes a new ``serving``, so after any crash, even ``kill -9`` of every
-process, no position is handed out twice and ``serving`` never goes back.
+position below it may have been handed out), ``issued`` (the positions
+actually handed out when the file was written), ``serving``, ``claimed``,
+``admitted`` and ``skips`` (ranges of positions that nobody holds). The
+supervisor writes it atomically (write, fsync, rename) *before* it lets
+workers hand out positions up to ``next_position`` or publishes a new
+``serving``, so after any crash, even ``kill -9`` of every process, no
+position is handed out twice and ``serving`` never goes back.
 
 A state directory or file that is unreadable, corrupt or open to other
 users stops start-up with one line; it is never silently replaced.
@@ -25,6 +27,7 @@ import orjson
 from wr.tokens import write_private_file
 
 __all__ = [
+    "MAX_COUNT",
     "STATE_FILE",
     "RoomState",
     "StateError",
@@ -36,6 +39,10 @@ __all__ = [
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
+# The shared block keeps counters as signed 64-bit integers; a larger value
+# would wrap around there. 2**62 leaves room for a reservation on top and
+# is more positions than any line will ever hand out.
+MAX_COUNT = 1 << 62
 
 
 class StateError(Exception):
@@ -48,6 +55,8 @@ class RoomState:
     serving: int = 0
     claimed: int = 0
     admitted: int = 0
+    issued: int = 1
+    skips: tuple[tuple[int, int], ...] = ()
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -55,10 +64,11 @@ def prepare_state_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = path.stat().st_mode
+    except FileExistsError:
+        # mkdir(exist_ok=True) raises this only for something not a directory.
+        raise StateError(f"{path}: not a directory") from None
     except OSError as exc:
         raise StateError(f"{path}: cannot create or open: {exc.strerror}") from None
-    if not stat.S_ISDIR(mode):
-        raise StateError(f"{path}: not a directory")
     if mode & 0o007:
         raise StateError(
             f"{path}: open to other users (mode {stat.S_IMODE(mode):04o}); "
@@ -100,21 +110,40 @@ def load_state(state_dir: Path) -> dict[str, RoomState]:
 
 
 def _room_state(fields: Mapping[str, object]) -> RoomState:
+    next_position = _count(fields, "next_position")
+    skips = fields.get("skips", [])
+    if not isinstance(skips, list):
+        raise ValueError("skips must be a list")
     state = RoomState(
-        next_position=_count(fields, "next_position"),
+        next_position=next_position,
         serving=_count(fields, "serving"),
         claimed=_count(fields, "claimed"),
         admitted=_count(fields, "admitted"),
+        issued=_count(fields, "issued") if "issued" in fields else next_position,
+        skips=tuple(_range(item) for item in skips),
     )
     if state.serving >= state.next_position:
         raise ValueError("serving must be below next_position")
+    if state.issued > state.next_position:
+        raise ValueError("issued must not pass next_position")
     return state
+
+
+def _range(item: object) -> tuple[int, int]:
+    if (
+        not isinstance(item, list)
+        or len(item) != 2
+        or not all(type(v) is int for v in item)
+        or not 0 < item[0] < item[1] <= MAX_COUNT
+    ):
+        raise ValueError("a skip is [first, end) with 0 < first < end")
+    return item[0], item[1]
 
 
 def _count(fields: Mapping[str, object], name: str) -> int:
     value = fields[name]
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer")
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be an integer in 0..{MAX_COUNT}")
     return value
 
 
@@ -129,6 +158,8 @@ def save_state(state_dir: Path, rooms: Mapping[str, RoomState]) -> None:
                 "serving": room.serving,
                 "claimed": room.claimed,
                 "admitted": room.admitted,
+                "issued": room.issued,
+                "skips": [list(skip) for skip in room.skips],
             }
             for name, room in rooms.items()
         },

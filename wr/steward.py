@@ -6,14 +6,18 @@ One steward runs per host, in the supervisor (or in the only process when
 1. plans the admissions due since the last tick (every ``TICK_INTERVAL_S``);
 2. tops up each room's *reserved* range of positions, so workers can keep
    handing out positions without waiting for the disk;
-3. saves the counters as they will be (``wr.state``), and only then
+3. saves the counters as they will be (``wr.state``), including how far
+   positions were actually handed out, and only then
 4. publishes the new ``serving`` and reservations to the workers.
 
 Because the save comes first, a crash at any moment leaves on disk a
 ``next_position`` above every position handed out and a ``serving`` no lower
-than any ever published. The price is a gap: positions reserved but not yet
-handed out when the host died are skipped after a restart (at most
-:data:`RESERVE_MIN` or :data:`RESERVE_AHEAD_S` of arrivals).
+than any ever published. After a crash, the reserved positions above the
+last saved ``issued`` become a *skip*: the ticker passes over them without
+spending admissions, so the unused reservation costs the line nothing. The
+few people who joined between the last save and the crash (at most one
+step's arrivals) hold positions inside that range; they are let in when the
+ticker passes it, a little early rather than never.
 
 If the state directory stops taking writes (full, read-only), the steward
 keeps the rooms moving from memory and logs an error, once, until a save
@@ -38,10 +42,12 @@ log = logging.getLogger("wr.ticker")
 # How often reservations are checked: a flash crowd exhausts a small
 # reservation quickly, so this runs more often than the ticker.
 STEP_INTERVAL_S = 0.02
-# Positions reserved ahead in a quiet room.
-RESERVE_MIN = 1024
+# Positions reserved ahead in a quiet room. Unused ones cost nothing after a
+# crash (they are skipped), so this is generous: a flash crowd should not
+# use it up between two steps.
+RESERVE_MIN = 1 << 16
 # In a busy room, enough positions for this many seconds of arrivals.
-RESERVE_AHEAD_S = 2.0
+RESERVE_AHEAD_S = 10.0
 # Arrival rates are measured over windows of this length.
 RATE_WINDOW_S = 1.0
 
@@ -63,13 +69,14 @@ class Steward:
         self.rooms: dict[str, Room] = {}
         for name, config in rooms.items():
             room = Room(config, block.room(name))
-            room.restore(**_fields(saved.get(name, RoomState())))
+            _restore(room, saved.get(name, RoomState()))
             self.rooms[name] = room
         self.ticker = Ticker(self.rooms.values(), now)
         self._next_tick = now + TICK_INTERVAL_S
         self._rate_started = now
         self._rate_from = {name: r.next_position for name, r in self.rooms.items()}
         self._join_rate: dict[str, float] = dict.fromkeys(self.rooms, 0.0)
+        self._saved_issued: dict[str, int] = {}
         self.save_failing = False
         self.saves = 0
         # Nothing may be handed out before a first reservation is saved.
@@ -87,7 +94,7 @@ class Steward:
                 self.rooms[name].config = config
                 continue
             room = Room(config, self.block.room(name))
-            room.restore(**_fields(self._dormant.pop(name, RoomState())))
+            _restore(room, self._dormant.pop(name, RoomState()))
             self.rooms[name] = room
             self._rate_from[name] = room.next_position
             self._join_rate[name] = 0.0
@@ -102,7 +109,11 @@ class Steward:
         self._measure(now)
         reservations = self._reservations()
 
-        if any(plan.values()) or reservations:
+        handed_out = any(
+            room.next_position != self._saved_issued.get(name)
+            for name, room in self.rooms.items()
+        )
+        if any(plan.values()) or reservations or handed_out:
             self._save(plan, reservations)
         for room, count in plan.items():
             room.admit(count)
@@ -132,9 +143,11 @@ class Steward:
 
     def _save(self, plan: Mapping[Room, int], reservations: Mapping[Room, int]) -> None:
         states = dict(self._dormant)
+        issued = {}
         for name, room in self.rooms.items():
             reserved = reservations.get(room, room.reserved)
             states[name] = _snapshot(room, reserved, plan.get(room, 0))
+            issued[name] = states[name].issued
         try:
             save_state(self.state_dir, states)
         except OSError as exc:
@@ -149,6 +162,7 @@ class Steward:
         if self.save_failing:
             log.info("state saved again path=%s", self.state_dir)
         self.save_failing = False
+        self._saved_issued = issued
         self.saves += 1
 
     def final_save(self) -> None:
@@ -163,18 +177,34 @@ class Steward:
 
 
 def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
+    issued = room.next_position
     return RoomState(
-        next_position=max(reserved, room.next_position),
-        serving=room.serving + admitting,
+        next_position=max(reserved, issued),
+        serving=room.serving_after(admitting),
         claimed=room.claimed,
         admitted=room.admitted + admitting,
+        issued=issued,
+        skips=tuple(room.skips),
     )
 
 
-def _fields(state: RoomState) -> dict[str, int]:
-    return {
-        "next_position": state.next_position,
-        "serving": state.serving,
-        "claimed": state.claimed,
-        "admitted": state.admitted,
-    }
+def _restore(room: Room, state: RoomState) -> None:
+    skips = list(state.skips)
+    if state.issued < state.next_position:
+        # Not stopped cleanly: the reserved positions above the last save
+        # were handed out to at most a few people; pass over them.
+        skips.append((state.issued, state.next_position))
+        log.warning(
+            "passing over reserved positions not saved as issued room=%s "
+            "first=%s end=%s",
+            room.name,
+            state.issued,
+            state.next_position,
+        )
+    room.restore(
+        next_position=state.next_position,
+        serving=state.serving,
+        claimed=state.claimed,
+        admitted=state.admitted,
+        skips=skips,
+    )

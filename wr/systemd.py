@@ -44,6 +44,10 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2 / 1_000_000
+        period_us = int(usec)
     except ValueError:
         return None
+    # 0 means no watchdog to systemd (sd_watchdog_enabled(3)); less is nonsense.
+    if period_us <= 0:
+        return None
+    return period_us / 2 / 1_000_000
