@@ -57,6 +57,10 @@ class WrServer:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "wr.toml"
+        self.admin_port = free_port()
+        if "[admin]" not in config_toml:
+            # Tests run side by side: each wr gets its own admin port.
+            config_toml += f"\n[admin]\nport = {self.admin_port}\n"
         self.config.write_text(config_toml)
         self.state_dir = tmp / "state"
         self.log = tmp / "wr.log"

@@ -101,6 +101,9 @@ class App:
         ] = {
             "join": (("POST",), self.join),
             "status": (_GET, self.status),
+            "leave": (("POST",), self.leave),
+            "bypass": (_GET, self.bypass),
+            "": (_GET, self.room_info),
         }
 
     # Dispatch.
@@ -171,6 +174,12 @@ class App:
             else:
                 return self._place(room, claims, token, now)
 
+        phase = room.phase()
+        if phase == "closed":
+            return _error(410, "closed", "this room is closed")
+        max_queue = room.config.max_queue
+        if max_queue is not None and room.waiting >= max_queue:
+            return _error(503, "queue_full", "the line is full", ("retry-after", "30"))
         position = room.join()
         if position is None:
             # Arrivals outran the positions the supervisor has saved ahead;
@@ -201,16 +210,19 @@ class App:
             return self._waiting(room, claims.pos, token, eta, set_cookie=False)
 
         # Counted once per position, however often the person asks.
-        room.claim(claims.pos)
+        room.claim(claims.pos, now)
+        return self._admit(room, claims.sub, claims.pos, now)
+
+    def _admit(self, room: Room, sub: str, position: int, now: float) -> Response:
         ttl = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
-        access = self.tokens.issue_access(room.name, claims.sub, claims.pos, ttl, now)
+        access = self.tokens.issue_access(room.name, sub, position, ttl, now)
         cookie = (
             f"{ACCESS_COOKIE}={access}; Path=/; Max-Age={ttl}; HttpOnly; "
             f"SameSite=Lax{self._secure}"
         )
         body = {
             "state": "admitted",
-            "position": claims.pos,
+            "position": position,
             "redirect": room.config.target_url,
             "access_token": access,
         }
@@ -225,14 +237,30 @@ class App:
         *,
         set_cookie: bool,
     ) -> Response:
-        body = {
-            "state": "waiting",
-            "position": position,
-            "ahead": room.ahead(position),
-            "eta_s": eta,
-            "next_poll_s": next_poll_s(eta, self._rand),
-            "queue_token": token,
-        }
+        phase = room.phase()
+        body: dict[str, object]
+        if phase == "closed":
+            body = {"state": "closed", "position": position}
+        elif phase == "prequeue":
+            opens_at = room.config.opens_at_s
+            wait = None if opens_at is None else max(0, int(opens_at - self._clock()))
+            body = {
+                "state": "prequeue",
+                "position": position,
+                "opens_at": room.config.opens_at,
+                "next_poll_s": next_poll_s(wait, self._rand),
+                "queue_token": token,
+            }
+        else:
+            paused = phase == "paused"
+            body = {
+                "state": phase,
+                "position": position,
+                "ahead": room.ahead(position),
+                "eta_s": None if paused else eta,
+                "next_poll_s": next_poll_s(None if paused else eta, self._rand),
+                "queue_token": token,
+            }
         headers = []
         if set_cookie:
             ttl = self.config.tokens.queue_ttl_s
@@ -244,6 +272,54 @@ class App:
                 )
             )
         return _json(200, body, headers)
+
+    def leave(self, request: Request, room: Room) -> Response:
+        """A person inside says they are done: their place frees up now."""
+        token = request.cookie(ACCESS_COOKIE) or request.bearer()
+        if not token:
+            return _error(401, "no_token", "no access token")
+        now = self._clock()
+        try:
+            claims = self.tokens.check(token, room.name, "access", now)
+        except TokenError as exc:
+            self.metrics.token_rejected("access", exc.reason)
+            return _error(401, exc.reason, exc.detail)
+        session_s = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
+        room.leave(claims.pos, claims.iat, now, session_s)
+        expired = f"{ACCESS_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        return Response(
+            204, headers=[_NO_STORE, ("set-cookie", expired)], content_type=None
+        )
+
+    def bypass(self, request: Request, room: Room) -> Response:
+        """An invite link: a valid bypass token goes straight in."""
+        token = _query_param(request.query, "token") or ""
+        now = self._clock()
+        try:
+            claims = self.tokens.check(token, room.name, "bypass", now)
+        except TokenError as exc:
+            self.metrics.token_rejected("bypass", exc.reason)
+            return _error(401, exc.reason, exc.detail)
+        room.count_inside(now)
+        response = self._admit(room, claims.sub, 0, now)
+        response.status = 302
+        response.headers.append(("location", room.config.target_url))
+        return response
+
+    def room_info(self, request: Request, room: Room) -> Response:
+        """The room as the public sees it; after opening, the draw's seed."""
+        draw = room.draw
+        return _json(
+            200,
+            {
+                "room": room.name,
+                "state": room.phase(),
+                "opens_at": room.config.opens_at,
+                "waiting": room.waiting,
+                "prequeue_size": draw.size if draw else 0,
+                "draw_seed": draw.seed_hex if draw else None,
+            },
+        )
 
     # The gateway's question.
 

@@ -34,6 +34,7 @@ __all__ = [
     "ServerConfig",
     "TokensConfig",
     "load_config",
+    "room_from_table",
 ]
 
 # The configuration a newcomer gets with no file at all: one room admitting
@@ -64,17 +65,7 @@ ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NOT_YET = {
     "server.backend": "only 'memory' is available in this version",
     "tokens.algorithm": "only 'HS256' is available in this version",
-    "admin.host": "the admin API is not available in this version",
-    "admin.port": "the admin API is not available in this version",
-    "admin.token_file": "the admin API is not available in this version",
-    "rooms.*.max_active": "capacity mode is not available in this version",
-    "rooms.*.max_overadmit": "no-show compensation is not available in this version",
-    "rooms.*.opens_at": "scheduled opening is not available in this version",
-    "rooms.*.max_queue": "a queue length limit is not available in this version",
     "rooms.*.pow_difficulty": "proof-of-work is not available in this version",
-    "rooms.*.paused": "pausing is not available in this version",
-    "rooms.*.closed": "closing a room is not available in this version",
-    "rooms.*.passthrough": "passthrough is not available in this version",
 }
 
 
@@ -174,9 +165,15 @@ class TokensConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdminConfig:
+    """The admin API's own listener; never on the public port."""
+
     host: str = "127.0.0.1"
     port: int = 8081
+    # The bearer token, one line; None: <state_dir>/admin.token, created on
+    # first start.
     token_file: str | None = None
+    # False: no admin listener at all.
+    enabled: bool = True
 
     def check(self, key: str) -> None:
         _require(0 <= self.port <= 65535, f"{key}.port", "must be 0..65535")
@@ -228,11 +225,21 @@ class RoomConfig:
         )
         if self.opens_at is not None:
             try:
-                datetime.fromisoformat(self.opens_at)
+                opens = datetime.fromisoformat(self.opens_at)
             except ValueError:
-                raise ConfigError(
-                    f"{key}.opens_at", "must be an ISO-8601 date and time"
-                ) from None
+                opens = None
+            _require(
+                opens is not None and opens.tzinfo is not None,
+                f"{key}.opens_at",
+                "must be an ISO-8601 date and time with a UTC offset",
+            )
+
+    @property
+    def opens_at_s(self) -> float | None:
+        """The opening as a Unix time, or None for a room open from the start."""
+        if self.opens_at is None:
+            return None
+        return datetime.fromisoformat(self.opens_at).timestamp()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -367,6 +374,18 @@ def _build(data: dict[str, Any]) -> Config:
     return config
 
 
+def room_from_table(name: str, table: Mapping[str, Any]) -> RoomConfig:
+    """A room from a JSON/TOML table; errors name the key alone (admin API)."""
+    if "name" in table:
+        raise ConfigError("name", "unknown key")
+    try:
+        room: RoomConfig = _section(RoomConfig, {**table, "name": name}, "@")
+    except ConfigError as exc:
+        raise ConfigError(exc.key.removeprefix("@."), exc.problem) from None
+    _refuse_unavailable_room(name, room)
+    return room
+
+
 def _section(cls: type[Any], table: Any, key: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(key, "must be a table")
@@ -408,15 +427,21 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(key, f"must be {names}, got {value!r}")
 
 
+def _refuse_unavailable_room(name: str, room: RoomConfig, prefix: str = "") -> None:
+    for path, why in _NOT_YET.items():
+        if path.startswith("rooms.*."):
+            key = path.removeprefix("rooms.*.")
+            if getattr(room, key) != getattr(RoomConfig(), key):
+                raise ConfigError(f"{prefix}{key}", why)
+
+
 def _refuse_unavailable(config: Config) -> None:
     defaults = {name: cls() for name, cls in _SECTIONS.items()}
+    for room_name, room in config.rooms.items():
+        _refuse_unavailable_room(room_name, room, f"rooms.{room_name}.")
     for path, why in _NOT_YET.items():
         section, name = path.rsplit(".", 1)
         if section.startswith("rooms."):
-            for room_name, room in config.rooms.items():
-                if getattr(room, name) != getattr(RoomConfig(), name):
-                    raise ConfigError(f"rooms.{room_name}.{name}", why)
-        elif getattr(getattr(config, section), name) != getattr(
-            defaults[section], name
-        ):
+            continue
+        if getattr(getattr(config, section), name) != getattr(defaults[section], name):
             raise ConfigError(path, why)

@@ -13,7 +13,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 from wr.config import RoomConfig
-from wr.shm import RoomSlot
+from wr.draw import Draw
+from wr.shm import INSIDE_BUCKET_S, INSIDE_BUCKETS, RoomSlot
 
 __all__ = [
     "CLAIM_WINDOW",
@@ -75,10 +76,14 @@ class Room:
             slot = RoomSlot.private(CLAIM_WINDOW // 8)
             slot.counters.next_position = 1
             slot.counters.reserved = UNLIMITED
+            slot.counters.opened = 1
         self._slot = slot
         self._counters = slot.counters
         self._lock = slot.lock
         self._claims = slot.claims
+        self._leaves = slot.leaves
+        self._inside = slot.inside
+        self._draw: Draw | None = None
         # Admissions earned by the rate but not yet whole (carried between
         # ticks); only the ticker's process uses it.
         self._credit = 0.0
@@ -114,6 +119,57 @@ class Room:
         return self.config.rate_per_minute / 60.0
 
     @property
+    def opened(self) -> bool:
+        """False while the room gathers its pre-queue (before ``opens_at``)."""
+        return bool(self._counters.opened)
+
+    @property
+    def draw(self) -> Draw | None:
+        """The pre-queue's shuffle, once the room has opened with one."""
+        counters = self._counters
+        if not counters.opened or counters.draw_size <= 0:
+            return None
+        seed = bytes(counters.draw_seed)
+        if self._draw is None or self._draw.seed != seed:
+            self._draw = Draw(seed=seed, size=int(counters.draw_size))
+        return self._draw
+
+    def open(self, draw: Draw | None) -> None:
+        """Start admitting; ``draw`` shuffles the positions handed out so far."""
+        counters = self._counters
+        if draw is not None:
+            counters.draw_seed = draw.seed
+            counters.draw_size = draw.size
+        counters.opened = 1
+
+    def rank(self, position: int) -> int:
+        """The place in the admission order: the drawn one for the pre-queue."""
+        draw = self.draw
+        return position if draw is None else draw.rank(position)
+
+    def phase(self) -> str:
+        """What a person in line is told: closed, prequeue, paused or waiting."""
+        if self.config.closed:
+            return "closed"
+        if not self.opened:
+            return "prequeue"
+        if self.config.paused:
+            return "paused"
+        return "waiting"
+
+    def active(self, now: float, session_s: float) -> int:
+        """People inside (capacity mode): claimed within the session, not left."""
+        newest = int(now) // INSIDE_BUCKET_S
+        buckets = min(INSIDE_BUCKETS - 1, math.ceil(session_s / INSIDE_BUCKET_S))
+        inside = self._inside
+        return sum(inside[(newest - i) % INSIDE_BUCKETS] for i in range(buckets + 1))
+
+    def clear_next_bucket(self, now: float) -> None:
+        """Empty the bucket the next seconds will use (the ticker, each tick)."""
+        upcoming = (int(now) // INSIDE_BUCKET_S + 1) % INSIDE_BUCKETS
+        self._inside[upcoming] = 0
+
+    @property
     def waiting(self) -> int:
         """People given a position and not yet allowed in."""
         last = self.next_position - 1
@@ -126,14 +182,20 @@ class Room:
 
     def restore(
         self,
+        *,
         next_position: int,
         serving: int,
         claimed: int,
         admitted: int,
         skips: Sequence[tuple[int, int]] = (),
+        opened: bool = True,
+        draw: Draw | None = None,
     ) -> None:
         """Set the counters from a saved state (before anyone joins)."""
         counters = self._counters
+        counters.opened = 0
+        if opened:
+            self.open(draw)
         counters.next_position = next_position
         counters.reserved = next_position
         counters.serving = serving
@@ -172,15 +234,17 @@ class Room:
         return int(position)
 
     def is_admitted(self, position: int) -> bool:
-        return position <= self.serving
+        return self.opened and self.rank(position) <= self.serving
 
     def ahead(self, position: int) -> int:
         """People still waiting in front of ``position``."""
-        return max(0, position - self.serving - 1 - self._skipped_before(position))
+        rank = self.rank(position)
+        return max(0, rank - self.serving - 1 - self._skipped_before(rank))
 
     def eta_s(self, position: int) -> int | None:
         """Expected seconds until ``position`` is let in; None if never at this rate."""
-        behind = position - self.serving - self._skipped_before(position)
+        rank = self.rank(position)
+        behind = rank - self.serving - self._skipped_before(rank)
         if behind <= 0:
             return 0
         rate = self.rate_per_s
@@ -188,18 +252,28 @@ class Room:
             return None
         return math.ceil(behind / rate)
 
-    def admissions(self, dt: float) -> int:
-        """How many people ``dt`` seconds of the rate let in (not yet applied)."""
-        self._credit += self.rate_per_s * dt
+    def admissions(
+        self, dt: float, factor: float = 1.0, limit: int | None = None
+    ) -> int:
+        """How many people ``dt`` seconds of the rate let in (not yet applied).
+
+        ``factor`` scales the rate (no-show compensation); ``limit`` caps
+        the answer (free capacity).
+        """
+        self._credit += self.rate_per_s * factor * dt
         whole = int(self._credit)
-        waiting = self.waiting
-        if whole > waiting:
-            # An empty line does not bank admissions for a later burst.
-            whole = waiting
+        cap = self.waiting if limit is None else min(self.waiting, max(0, limit))
+        if whole > cap:
+            # An empty line or a full site does not bank admissions for a
+            # later burst.
+            whole = cap
             self._credit -= int(self._credit)
         else:
             self._credit -= whole
         return whole
+
+    def reset_credit(self) -> None:
+        self._credit = 0.0
 
     def admit(self, count: int) -> None:
         """Raise ``serving`` by ``count`` (the ticker's process only)."""
@@ -231,39 +305,70 @@ class Room:
         self.admit(count)
         return count
 
-    def claim(self, position: int) -> bool:
+    def claim(self, position: int, now: float = 0.0) -> bool:
         """Record that ``position`` took its turn; True the first time only."""
-        serving = self.serving
-        if position > serving or position <= serving - CLAIM_WINDOW:
+        if not self._set_bit(self._claims, position):
             return False
-        slot = position % CLAIM_WINDOW
+        with self._lock:
+            self._counters.claimed += 1
+            self._inside[int(now) // INSIDE_BUCKET_S % INSIDE_BUCKETS] += 1
+        return True
+
+    def count_inside(self, now: float) -> None:
+        """Someone let in without a position (a bypass token) is inside."""
+        with self._lock:
+            self._inside[int(now) // INSIDE_BUCKET_S % INSIDE_BUCKETS] += 1
+
+    def leave(
+        self, position: int, admitted_at: float, now: float, session_s: float
+    ) -> bool:
+        """A person inside left: free their place now; True the first time only."""
+        if now - admitted_at >= session_s or not self._set_bit(self._leaves, position):
+            return False
+        with self._lock:
+            self._inside[int(admitted_at) // INSIDE_BUCKET_S % INSIDE_BUCKETS] -= 1
+        return True
+
+    def _set_bit(self, ring: memoryview, position: int) -> bool:
+        # Bits are kept by admission rank, the order serving follows.
+        rank = self.rank(position)
+        serving = self.serving
+        if not self.opened or rank > serving or rank <= serving - CLAIM_WINDOW:
+            return False
+        slot = rank % CLAIM_WINDOW
         byte, bit = slot >> 3, 1 << (slot & 7)
         with self._lock:
-            if self._claims[byte] & bit:
+            if ring[byte] & bit:
                 return False
-            self._claims[byte] |= bit
-            self._counters.claimed += 1
+            ring[byte] |= bit
         return True
 
     def _forget_claims(self, first: int, last: int) -> None:
         # Slots are reused every CLAIM_WINDOW positions: clear the ones that
         # newly admitted positions will use, before they are admitted.
-        claims = self._claims
         with self._lock:
-            if last - first + 1 >= CLAIM_WINDOW:
-                claims[:] = bytes(len(claims))
-                return
-            for position in range(first, last + 1):
-                slot = position % CLAIM_WINDOW
-                claims[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+            for ring in (self._claims, self._leaves):
+                if last - first + 1 >= CLAIM_WINDOW:
+                    ring[:] = bytes(len(ring))
+                    continue
+                for rank in range(first, last + 1):
+                    slot = rank % CLAIM_WINDOW
+                    ring[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
 
 
 class Ticker:
     """Moves every room forward by the time that passed since the last tick."""
 
-    def __init__(self, rooms: Iterable[Room], now: float) -> None:
+    def __init__(
+        self,
+        rooms: Iterable[Room],
+        now: float,
+        admissions: Callable[[Room, float], int] | None = None,
+    ) -> None:
         self.rooms = list(rooms)
         self.last = now
+        # By default, the plain rate; the steward passes its policies.
+        self._admissions = admissions or (lambda room, dt: room.admissions(dt))
 
     def plan(self, now: float) -> dict[Room, int]:
         """Admissions due in each room at ``now``; apply with :meth:`Room.admit`.
@@ -273,7 +378,7 @@ class Ticker:
         """
         dt = min(max(0.0, now - self.last), MAX_TICK_GAP_S)
         self.last = now
-        return {room: room.admissions(dt) for room in self.rooms}
+        return {room: self._admissions(room, dt) for room in self.rooms}
 
     def tick(self, now: float) -> float:
         """Advance all rooms to ``now``; return the seconds accounted for."""

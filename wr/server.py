@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from wr.admin import AdminApp, OverridesStore, admin_token, effective_rooms
 from wr.api import App
 from wr.config import Config, ConfigError
 from wr.http import HttpProtocol, HttpServerState, Request, Response
 from wr.metrics import Metrics
-from wr.room import Room
+from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import StateError
 from wr.static import StaticFiles, default_static_dir
@@ -64,11 +65,18 @@ class Worker:
         self.steward = steward
         self.supervisor_pid = os.getppid()
         self.ready = False
+        self.overrides = OverridesStore(config.state_dir)
+        self._generation = int(block.header.generation)
         self.rooms = self._rooms(config)
         self.metrics = Metrics(self.rooms)
-        self.app = self._app(config, self._tokens(config))
+        tokens = self._tokens(config)
+        self.app = self._app(config, tokens)
+        self.admin = self._admin(config, tokens)
         self.http = HttpServerState(
             self._handle, config.http, on_rejected=self.metrics.http_error
+        )
+        self.admin_http = HttpServerState(
+            self._handle_admin, config.http, on_rejected=self.metrics.http_error
         )
         self._stop = asyncio.Event()
 
@@ -85,11 +93,19 @@ class Worker:
         # connections.
         return self.app.handle(request)
 
+    def _handle_admin(self, request: Request) -> Response:
+        return self.admin.handle(request)
+
+    def _admin(self, config: Config, tokens: Tokens) -> AdminApp:
+        return AdminApp(
+            config, lambda: self.rooms, tokens, self.block, admin_token(config)
+        )
+
     # Building and rebuilding.
 
     def _rooms(self, config: Config) -> dict[str, Room]:
         rooms = {}
-        for name, room_config in config.rooms.items():
+        for name, room_config in effective_rooms(config, self.overrides.load()).items():
             slot = self.block.find(name)
             if slot is None:
                 log.error("room has no shared slot room=%s", name)
@@ -116,11 +132,16 @@ class Worker:
         try:
             config = self._load()
             if self.steward is not None:
-                self.steward.reconfigure(config.rooms, time.monotonic())
+                rooms = effective_rooms(config, self.overrides.load())
+                self.steward.reconfigure(rooms, time.monotonic())
+                self.steward.rooms_source = lambda: effective_rooms(
+                    config, self.overrides.load()
+                )
             tokens = self._tokens(config)
             self.rooms = self._rooms(config)
             self.metrics.rooms = self.rooms
             app = self._app(config, tokens)
+            self.admin = self._admin(config, tokens)
         except (ConfigError, KeyRingError, StateError, OSError, ValueError) as exc:
             log.error("reload failed, keeping the running config error=%s", exc)
             return
@@ -143,11 +164,24 @@ class Worker:
             reuse_port=not self.alone,
             backlog=LISTEN_BACKLOG,
         )
+        servers = [server]
+        if self.config.admin.enabled:
+            servers.append(
+                await loop.create_server(
+                    lambda: HttpProtocol(self.admin_http, loop),
+                    host=self.config.admin.host,
+                    port=self.config.admin.port,
+                    reuse_port=not self.alone,
+                )
+            )
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
 
-        tasks = [asyncio.create_task(self._heartbeat())]
+        tasks = [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._watch_admin_changes()),
+        ]
         if self.steward is not None:
             tasks.append(asyncio.create_task(self._steward_loop(self.steward)))
             interval = watchdog_interval_s()
@@ -168,8 +202,10 @@ class Worker:
         if self.alone:
             notify("STOPPING=1")
         self.ready = False
-        server.close()
+        for listening in servers:
+            listening.close()
         self.http.drain()
+        self.admin_http.drain()
         await self._wait_drained(grace)
         for task in tasks:
             task.cancel()
@@ -194,6 +230,23 @@ class Worker:
                 self.stop()
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
+    async def _watch_admin_changes(self) -> None:
+        # The admin API (in this or another worker) bumps the generation
+        # after each change; rebuild the rooms from the stored overrides.
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            generation = int(self.block.header.generation)
+            if generation == self._generation:
+                continue
+            self._generation = generation
+            try:
+                self.rooms = self._rooms(self.config)
+            except (OSError, ValueError) as exc:
+                log.error("cannot read room changes error=%s", exc)
+                continue
+            self.metrics.rooms = self.rooms
+            self.app.rooms = self.rooms
+
     async def _steward_loop(self, steward: Steward) -> None:
         while True:
             await asyncio.sleep(STEP_INTERVAL_S)
@@ -201,10 +254,13 @@ class Worker:
 
     async def _wait_drained(self, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
-        while self.http.connections and time.monotonic() < deadline:
+        while (
+            self.http.connections or self.admin_http.connections
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
-        for protocol in list(self.http.connections):
-            protocol.abort()
+        for state in (self.http, self.admin_http):
+            for protocol in list(state.connections):
+                protocol.abort()
 
 
 async def _watchdog(interval_s: float) -> None:

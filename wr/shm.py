@@ -55,6 +55,13 @@ MUTEXATTR_BYTES = 16
 # Room names are at most 64 ASCII characters (wr.config.ROOM_NAME).
 NAME_BYTES = 64
 
+# The pre-queue's permutation seed (wr.draw).
+DRAW_SEED_BYTES = 32
+# Capacity mode counts people inside per time bucket of this many seconds,
+# over a ring long enough for the longest session (24 hours).
+INSIDE_BUCKET_S = 10
+INSIDE_BUCKETS = 24 * 3600 // INSIDE_BUCKET_S
+
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
 
@@ -91,7 +98,19 @@ class RoomCounters(ctypes.Structure):
         # The next range of positions that nobody holds (see wr.steward).
         ("skip_from", ctypes.c_int64),
         ("skip_to", ctypes.c_int64),
+        # The pre-queue draw (see wr.draw): set once, at the opening.
+        ("opened", ctypes.c_int64),
+        ("draw_size", ctypes.c_int64),
+        ("draw_seed", ctypes.c_char * DRAW_SEED_BYTES),
         ("name", ctypes.c_char * NAME_BYTES),
+    )
+
+
+class BlockHeader(ctypes.Structure):
+    _fields_ = (
+        ("mutex", ctypes.c_ubyte * MUTEX_BYTES),
+        # Bumped whenever the admin API changes a room: everyone reloads.
+        ("generation", ctypes.c_int64),
     )
 
 
@@ -140,19 +159,31 @@ class RobustMutex:
 
 
 class RoomSlot:
-    """One room's counters, lock and claim bits, in shared memory or not."""
+    """One room's counters, lock and bit rings, in shared memory or not.
+
+    After the counters come the ring of claim bits, the ring of leave bits
+    (one bit per position each), and the people inside per time bucket.
+    """
 
     def __init__(self, block: mmap.mmap, offset: int, claim_bytes: int) -> None:
         self.counters = RoomCounters.from_buffer(block, offset)
         self.lock = RobustMutex(ctypes.addressof(self.counters))
+        view = memoryview(block)
         start = offset + ctypes.sizeof(RoomCounters)
-        self.claims = memoryview(block)[start : start + claim_bytes]
+        self.claims = view[start : start + claim_bytes]
+        self.leaves = view[start + claim_bytes : start + 2 * claim_bytes]
+        inside_at = _aligned(start + 2 * claim_bytes, 8)
+        self.inside = (ctypes.c_int64 * INSIDE_BUCKETS).from_buffer(block, inside_at)
+
+    @staticmethod
+    def size(claim_bytes: int) -> int:
+        counters = ctypes.sizeof(RoomCounters)
+        return _aligned(counters + 2 * claim_bytes, 8) + 8 * INSIDE_BUCKETS
 
     @classmethod
     def private(cls, claim_bytes: int) -> RoomSlot:
         """A slot of its own, for one process (tests, tools)."""
-        size = ctypes.sizeof(RoomCounters) + claim_bytes
-        slot = cls(mmap.mmap(-1, size), 0, claim_bytes)
+        slot = cls(mmap.mmap(-1, cls.size(claim_bytes)), 0, claim_bytes)
         slot.lock.init()
         return slot
 
@@ -166,12 +197,16 @@ class SharedBlock:
 
     def __init__(self, claim_bytes: int) -> None:
         self.claim_bytes = claim_bytes
-        self._worker_bytes = _aligned(ctypes.sizeof(WorkerSlot) * MAX_WORKERS)
-        self._room_bytes = _aligned(ctypes.sizeof(RoomCounters) + claim_bytes)
+        header = _aligned(ctypes.sizeof(BlockHeader))
+        self._worker_bytes = header + _aligned(ctypes.sizeof(WorkerSlot) * MAX_WORKERS)
+        self._room_bytes = _aligned(RoomSlot.size(claim_bytes))
         size = self._worker_bytes + self._room_bytes * MAX_ROOMS
         # mmap(-1) is anonymous and MAP_SHARED: children see our writes.
         self._block = mmap.mmap(-1, size)
-        self.workers = (WorkerSlot * MAX_WORKERS).from_buffer(self._block, 0)
+        self.header = BlockHeader.from_buffer(self._block, 0)
+        self.lock = RobustMutex(ctypes.addressof(self.header))
+        self.lock.init()
+        self.workers = (WorkerSlot * MAX_WORKERS).from_buffer(self._block, header)
         self.rooms = [
             RoomSlot(
                 self._block, self._worker_bytes + i * self._room_bytes, claim_bytes
@@ -192,8 +227,14 @@ class SharedBlock:
     def room(self, name: str) -> RoomSlot:
         """The slot named ``name``, taking a free one the first time.
 
-        Only the supervisor takes slots, before workers look them up.
+        Any process may take one (the block's lock makes it atomic). A new
+        slot hands out nothing until the steward has restored its counters
+        and reserved positions for it.
         """
+        with self.lock:
+            return self._room(name)
+
+    def _room(self, name: str) -> RoomSlot:
         encoded = name.encode("ascii")
         free = None
         for slot in self.rooms:

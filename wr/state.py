@@ -57,6 +57,9 @@ class RoomState:
     admitted: int = 0
     issued: int = 1
     skips: tuple[tuple[int, int], ...] = ()
+    opened: bool = False
+    draw_size: int = 0
+    draw_seed: str = ""
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -121,12 +124,21 @@ def _room_state(fields: Mapping[str, object]) -> RoomState:
         admitted=_count(fields, "admitted"),
         issued=_count(fields, "issued") if "issued" in fields else next_position,
         skips=tuple(_range(item) for item in skips),
+        opened=fields.get("opened", True) is True,
+        draw_size=_count(fields, "draw_size") if "draw_size" in fields else 0,
+        draw_seed=_seed(fields.get("draw_seed", "")),
     )
     if state.serving >= state.next_position:
         raise ValueError("serving must be below next_position")
     if state.issued > state.next_position:
         raise ValueError("issued must not pass next_position")
     return state
+
+
+def _seed(value: object) -> str:
+    if not isinstance(value, str) or (value and len(bytes.fromhex(value)) != 32):
+        raise ValueError("draw_seed must be 64 hex digits or empty")
+    return value
 
 
 def _range(item: object) -> tuple[int, int]:
@@ -160,6 +172,9 @@ def save_state(state_dir: Path, rooms: Mapping[str, RoomState]) -> None:
                 "admitted": room.admitted,
                 "issued": room.issued,
                 "skips": [list(skip) for skip in room.skips],
+                "opened": room.opened,
+                "draw_size": room.draw_size,
+                "draw_seed": room.draw_seed,
             }
             for name, room in rooms.items()
         },

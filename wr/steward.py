@@ -27,10 +27,14 @@ works again: the waiting room stays up; only the crash guarantee lapses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from wr.config import RoomConfig
+from wr.draw import Draw
+from wr.policy import Policy
 from wr.room import TICK_INTERVAL_S, Room, Ticker
 from wr.shm import SharedBlock
 from wr.state import RoomState, load_state, save_state
@@ -59,9 +63,18 @@ class Steward:
         block: SharedBlock,
         state_dir: Path,
         now: float,
+        *,
+        session_s: float = 3600.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.block = block
         self.state_dir = state_dir
+        self.session_s = session_s
+        self._wall = wall
+        self.policies: dict[str, Policy] = {}
+        # Where the rooms come from when the admin API changes them.
+        self.rooms_source: Callable[[], Mapping[str, RoomConfig]] | None = None
+        self._generation = int(block.header.generation)
         saved = load_state(state_dir)
         # Rooms in the file but not in the config keep their counters, so a
         # room that comes back never hands out a position twice.
@@ -71,7 +84,7 @@ class Steward:
             room = Room(config, block.room(name))
             _restore(room, saved.get(name, RoomState()))
             self.rooms[name] = room
-        self.ticker = Ticker(self.rooms.values(), now)
+        self.ticker = Ticker(self.rooms.values(), now, self._admissions)
         self._next_tick = now + TICK_INTERVAL_S
         self._rate_started = now
         self._rate_from = {name: r.next_position for name, r in self.rooms.items()}
@@ -84,6 +97,9 @@ class Steward:
 
     def reconfigure(self, rooms: Mapping[str, RoomConfig], now: float) -> None:
         """Apply a reloaded room list: new rates at once, new rooms, removed rooms."""
+        # Slots first: if there are too many rooms, this raises before any
+        # room has changed, and the running ones go on as they were.
+        slots = {n: self.block.room(n) for n in rooms if n not in self.rooms}
         for name in list(self.rooms):
             if name not in rooms:
                 room = self.rooms.pop(name)
@@ -93,28 +109,83 @@ class Steward:
             if name in self.rooms:
                 self.rooms[name].config = config
                 continue
-            room = Room(config, self.block.room(name))
+            room = Room(config, slots[name])
             _restore(room, self._dormant.pop(name, RoomState()))
             self.rooms[name] = room
             self._rate_from[name] = room.next_position
             self._join_rate[name] = 0.0
         self.ticker.rooms = list(self.rooms.values())
+        self.policies = {n: p for n, p in self.policies.items() if n in self.rooms}
         self.step(now)
 
+    @property
+    def admin_changed(self) -> bool:
+        """True once per change the admin API announced in the shared block."""
+        generation = int(self.block.header.generation)
+        if generation == self._generation:
+            return False
+        self._generation = generation
+        return True
+
+    def _admissions(self, room: Room, dt: float) -> int:
+        policy = self.policies.get(room.name)
+        if policy is None or policy.room is not room:
+            policy = self.policies[room.name] = Policy(room, self._session_s(room))
+        policy.session_s = self._session_s(room)
+        return policy.admissions(dt, self._wall())
+
+    def _session_s(self, room: Room) -> float:
+        minutes = room.config.session_minutes
+        return self.session_s if minutes is None else minutes * 60
+
+    def _openings(self) -> dict[Room, Draw | None]:
+        """Rooms whose opening time has come, with the draw for their pre-queue."""
+        due: dict[Room, Draw | None] = {}
+        wall = self._wall()
+        for room in self.rooms.values():
+            opens_at = room.config.opens_at_s
+            if room.opened or (opens_at is not None and wall < opens_at):
+                continue
+            prequeue = room.next_position - 1
+            due[room] = (
+                Draw.new(prequeue) if opens_at is not None and prequeue else None
+            )
+        return due
+
     def step(self, now: float) -> None:
+        if self.rooms_source is not None and self.admin_changed:
+            self.reconfigure(self.rooms_source(), now)
+            return
         plan: dict[Room, int] = {}
         if now >= self._next_tick:
             plan = self.ticker.plan(now)
             self._next_tick = now + TICK_INTERVAL_S
         self._measure(now)
         reservations = self._reservations()
+        openings = self._openings()
 
         handed_out = any(
             room.next_position != self._saved_issued.get(name)
             for name, room in self.rooms.items()
         )
-        if any(plan.values()) or reservations or handed_out:
-            self._save(plan, reservations)
+        # After a failed save, memory is ahead of the file: retry each step
+        # until it works, even if nothing moves.
+        if (
+            any(plan.values())
+            or reservations
+            or openings
+            or handed_out
+            or self.save_failing
+        ):
+            self._save(plan, reservations, openings)
+        for room, draw in openings.items():
+            room.open(draw)
+            log.info(
+                "room opened room=%s prequeue=%s seed=%s",
+                room.name,
+                draw.size if draw else 0,
+                draw.seed_hex if draw else "-",
+            )
         for room, count in plan.items():
             room.admit(count)
         for room, reserved in reservations.items():
@@ -141,12 +212,26 @@ class Steward:
                 due[room] = room.next_position + ahead
         return due
 
-    def _save(self, plan: Mapping[Room, int], reservations: Mapping[Room, int]) -> None:
+    def _save(
+        self,
+        plan: Mapping[Room, int],
+        reservations: Mapping[Room, int],
+        openings: Mapping[Room, Draw | None] | None = None,
+    ) -> None:
+        openings = openings or {}
         states = dict(self._dormant)
         issued = {}
         for name, room in self.rooms.items():
             reserved = reservations.get(room, room.reserved)
             states[name] = _snapshot(room, reserved, plan.get(room, 0))
+            if room in openings:
+                draw = openings[room]
+                states[name] = replace(
+                    states[name],
+                    opened=True,
+                    draw_size=draw.size if draw else 0,
+                    draw_seed=draw.seed_hex if draw else "",
+                )
             issued[name] = states[name].issued
         try:
             save_state(self.state_dir, states)
@@ -185,6 +270,9 @@ def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
         admitted=room.admitted + admitting,
         issued=issued,
         skips=tuple(room.skips),
+        opened=room.opened,
+        draw_size=room.draw.size if room.draw else 0,
+        draw_seed=room.draw.seed_hex if room.draw else "",
     )
 
 
@@ -201,10 +289,16 @@ def _restore(room: Room, state: RoomState) -> None:
             state.issued,
             state.next_position,
         )
+    draw = None
+    if state.draw_size:
+        draw = Draw(seed=bytes.fromhex(state.draw_seed), size=state.draw_size)
     room.restore(
         next_position=state.next_position,
         serving=state.serving,
         claimed=state.claimed,
         admitted=state.admitted,
         skips=skips,
+        # A room without an opening time is open from the start.
+        opened=state.opened or room.config.opens_at is None,
+        draw=draw,
     )

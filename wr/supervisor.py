@@ -35,7 +35,8 @@ from pathlib import Path
 
 import uvloop
 
-from wr.config import Config, ConfigError
+from wr.admin import OverridesStore, admin_token, effective_rooms
+from wr.config import Config, ConfigError, RoomConfig
 from wr.room import CLAIM_WINDOW
 from wr.server import Worker
 from wr.shm import MAX_WORKERS, SharedBlock
@@ -93,17 +94,28 @@ class Supervisor:
             prepare_state_dir(state_dir)
             self._lock_fd = _lock_state_dir(state_dir)
             KeyRing.load_or_create(state_dir)
+            if self.config.admin.enabled:
+                admin_token(self.config, create=True)
             self.block = SharedBlock(CLAIM_WINDOW // 8)
+            self.overrides = OverridesStore(state_dir)
             self.steward = Steward(
-                self.config.rooms, self.block, state_dir, time.monotonic()
+                effective_rooms(self.config, self.overrides.load()),
+                self.block,
+                state_dir,
+                time.monotonic(),
+                session_s=self.config.tokens.access_ttl_s,
             )
-        except (StateError, KeyRingError) as exc:
+            self.steward.rooms_source = self._rooms
+        except (StateError, KeyRingError, ValueError, OSError) as exc:
             raise StartError(str(exc)) from None
         server = self.config.server
         if server.workers > MAX_WORKERS:
             raise StartError(f"server.workers: at most {MAX_WORKERS}")
         if server.workers > 1 and server.port == 0:
             raise StartError("server.port: 0 (any port) needs workers = 1")
+
+    def _rooms(self) -> dict[str, RoomConfig]:
+        return effective_rooms(self.config, self.overrides.load())
 
     # The one-process shape.
 
@@ -119,6 +131,8 @@ class Supervisor:
         if self.config.server.workers == 1:
             return self.run_alone()
         _check_port_free(self.config.server.host, self.config.server.port)
+        if self.config.admin.enabled:
+            _check_port_free(self.config.admin.host, self.config.admin.port)
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._record_signal)
@@ -182,7 +196,9 @@ class Supervisor:
         try:
             config = self._load()
             KeyRing.load(config.state_dir)
-            self.steward.reconfigure(config.rooms, now)
+            self.steward.reconfigure(
+                effective_rooms(config, self.overrides.load()), now
+            )
         except (ConfigError, KeyRingError, StateError, ValueError) as exc:
             log.error("reload failed, keeping the running config error=%s", exc)
             notify("READY=1")
