@@ -113,7 +113,8 @@ def test_a_stopped_worker_is_killed_and_replaced(server: WrServer) -> None:
         15.0,
         "worker 1 replaced after missing its heartbeat",
     )
-    assert "worker missed its heartbeat, killing index=1" in server.log.read_text()
+    assert "killing worker index=1" in server.log.read_text()
+    assert "reason=missed its heartbeat" in server.log.read_text()
     for _ in range(20):
         assert httpx.get(f"{server.base}/healthz").status_code == 200
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import jwt
 
 from wr import __version__
+from wr.admincli import add_admin_commands
 from wr.config import Config, ConfigError, load_config
 from wr.state import StateError, prepare_state_dir
 from wr.supervisor import EXIT_CANNOT_START, StartError, serve
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     decode.set_defaults(run=_token_decode)
     token.set_defaults(run=lambda args: _usage(token))
 
+    add_admin_commands(commands, _add_config_flags, _load)
     return parser
 
 

@@ -101,8 +101,9 @@ class Draw:
     seed: bytes = field(repr=False)
     size: int
     _half_bits: int = field(init=False, repr=False, compare=False)
-    # HMAC's keyed inner and outer hash states, computed once (RFC 2104);
-    # re-keying on every round would cost four times as much.
+    # HMAC's keyed inner and outer hash states, computed once (RFC 2104:
+    # a key shorter than the 64-byte block is padded with zeros); keying
+    # HMAC afresh on every round costs several times as much.
     _inner: hashlib._Hash = field(init=False, repr=False, compare=False)
     _outer: hashlib._Hash = field(init=False, repr=False, compare=False)
 

@@ -138,7 +138,7 @@ class Room:
         """Start admitting; ``draw`` shuffles the positions handed out so far."""
         counters = self._counters
         if draw is not None:
-            counters.draw_seed = draw.seed
+            counters.draw_seed[:] = draw.seed
             counters.draw_size = draw.size
         counters.opened = 1
 

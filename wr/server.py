@@ -65,6 +65,8 @@ class Worker:
         self.steward = steward
         self.supervisor_pid = os.getppid()
         self.ready = False
+        # True once the sockets are bound: errors after that are crashes.
+        self.listening = False
         self.overrides = OverridesStore(config.state_dir)
         self._generation = int(block.header.generation)
         self.rooms = self._rooms(config)
@@ -174,6 +176,7 @@ class Worker:
                     reuse_port=not self.alone,
                 )
             )
+        self.listening = True
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)

@@ -101,7 +101,7 @@ class RoomCounters(ctypes.Structure):
         # The pre-queue draw (see wr.draw): set once, at the opening.
         ("opened", ctypes.c_int64),
         ("draw_size", ctypes.c_int64),
-        ("draw_seed", ctypes.c_char * DRAW_SEED_BYTES),
+        ("draw_seed", ctypes.c_ubyte * DRAW_SEED_BYTES),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 

@@ -73,6 +73,7 @@ class _Child:
     index: int
     pid: int
     started: float
+    killed: bool = False
 
 
 class Supervisor:
@@ -184,12 +185,19 @@ class Supervisor:
     def _stop_deadline_s(self) -> float:
         return self.config.server.shutdown_grace_s + STOP_KILL_EXTRA_S
 
+    def _kill(self, child: _Child, why: str) -> None:
+        # Once per worker: it stays in _children until it is reaped.
+        if child.killed:
+            return
+        child.killed = True
+        log.error(
+            "killing worker index=%s pid=%s reason=%s", child.index, child.pid, why
+        )
+        _signal(child.pid, signal.SIGKILL)
+
     def _kill_all(self, why: str) -> None:
         for child in self._children.values():
-            log.error(
-                "killing worker index=%s pid=%s reason=%s", child.index, child.pid, why
-            )
-            _signal(child.pid, signal.SIGKILL)
+            self._kill(child, why)
 
     def _reload(self, now: float) -> None:
         notify("RELOADING=1")
@@ -227,16 +235,19 @@ class Supervisor:
         # In the child: forget the supervisor's signal handling, serve.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
+        worker = None
         try:
             worker = Worker(self.config, self.block, index, self._load)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(worker.run())
-        except OSError as exc:
-            log.error("worker cannot serve index=%s error=%s", index, exc)
-            return EXIT_CANNOT_START
-        except (ConfigError, KeyRingError) as exc:
-            log.error("worker cannot start index=%s error=%s", index, exc)
-            return EXIT_CANNOT_START
+        except (OSError, ConfigError, KeyRingError) as exc:
+            # Before it listens, retrying cannot help (port taken, bad key
+            # ring); after, it is a crash like any other.
+            if worker is None or not worker.listening:
+                log.error("worker cannot start index=%s error=%s", index, exc)
+                return EXIT_CANNOT_START
+            log.exception("worker failed index=%s", index)
+            return 1
         except BaseException:
             log.exception("worker failed index=%s", index)
             return 1
@@ -296,12 +307,7 @@ class Supervisor:
             else:
                 stale = now - beat > timeout
             if stale:
-                log.error(
-                    "worker missed its heartbeat, killing index=%s pid=%s",
-                    child.index,
-                    child.pid,
-                )
-                _signal(child.pid, signal.SIGKILL)
+                self._kill(child, "missed its heartbeat")
 
     def _announce_ready(self) -> None:
         if self._ready_sent:
