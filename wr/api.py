@@ -313,7 +313,7 @@ class App:
             200,
             {
                 "room": room.name,
-                "state": room.phase(),
+                "state": _public_state(room),
                 "opens_at": room.config.opens_at,
                 "waiting": room.waiting,
                 "prequeue_size": draw.size if draw else 0,
@@ -381,6 +381,14 @@ class App:
                 return _error(404, "not_found", "no such file")
             return Response(200, page.body, [_NO_STORE], page.content_type)
         return Response(302, headers=[("location", "/"), _NO_STORE], content_type=None)
+
+
+def _public_state(room: Room) -> str:
+    phase = room.phase()
+    max_queue = room.config.max_queue
+    if phase == "waiting" and max_queue is not None and room.waiting >= max_queue:
+        return "full"
+    return phase
 
 
 def _session_ttl_s(room: RoomConfig, default_s: int) -> int:
