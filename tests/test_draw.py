@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import wr.draw
 from wr.config import RoomConfig
-from wr.draw import MAX_SIZE, ROUNDS, SEED_BYTES, Draw
+from wr.draw import MAX_GAPS, MAX_SIZE, ROUNDS, SEED_BYTES, Draw, Prequeue
 from wr.room import Room
 
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -306,8 +306,72 @@ def test_a_room_keeps_a_seed_that_holds_a_zero_byte(zero_at: int) -> None:
     seed[zero_at] = 0
     room = Room(RoomConfig(name="r"))
 
-    room.open(Draw(bytes(seed), 10))
+    room.open(Prequeue(Draw(bytes(seed), 10)))
     draw = room.draw
 
     assert draw is not None
     assert draw.seed == bytes(seed)
+
+
+# The pre-queue with gaps: positions nobody was given, left out of the draw.
+
+
+def gapped(end: int, cuts: list[int]) -> tuple[tuple[int, int], ...]:
+    """Disjoint gaps inside positions 1..end, from sorted cut points."""
+    points = sorted({c for c in cuts if 1 <= c <= end + 1})
+    pairs = zip(points[0::2], points[1::2], strict=False)
+    return tuple((first, stop) for first, stop in pairs)[:MAX_GAPS]
+
+
+@PROPERTY
+@given(seeds, st.integers(0, 80), st.lists(st.integers(1, 81), max_size=8))
+def test_a_prequeue_with_gaps_ranks_every_position_once(
+    seed: bytes, end: int, cuts: list[int]
+) -> None:
+    gaps = gapped(end, cuts)
+    people = end - sum(stop - first for first, stop in gaps)
+    prequeue = Prequeue(Draw(seed, people), gaps)
+    assert prequeue.end == end
+    positions = range(1, end + 6)
+    ranks = [prequeue.rank(p) for p in positions]
+
+    # A bijection on 1..end (and the identity after it), with its inverse.
+    assert sorted(ranks) == list(positions)
+    assert all(prequeue.position(r) == p for p, r in zip(positions, ranks, strict=True))
+    in_gap = {p for first, stop in gaps for p in range(first, stop)}
+    # The drawn people come first; whoever holds a gap's position after them.
+    assert {prequeue.rank(p) for p in positions if p <= end and p not in in_gap} == (
+        set(range(1, people + 1))
+    )
+    assert [prequeue.rank(p) for p in sorted(in_gap)] == list(
+        range(people + 1, end + 1)
+    )
+
+
+@pytest.mark.parametrize(
+    "gaps",
+    [((5, 3),), ((4, 6), (5, 8)), ((0, 2),), ((9, 12),), ((1, 2),) * 17],
+)
+def test_a_prequeue_refuses_gaps_that_make_no_sense(
+    gaps: tuple[tuple[int, int], ...],
+) -> None:
+    with pytest.raises(ValueError, match="gap"):
+        Prequeue(Draw(KNOWN_SEED, 6), gaps)
+
+
+def test_without_gaps_a_prequeue_is_its_draw() -> None:
+    draw = Draw(KNOWN_SEED, 10)
+    prequeue = Prequeue(draw)
+    assert [prequeue.rank(p) for p in range(1, 15)] == [
+        draw.rank(p) for p in range(1, 15)
+    ]
+    assert prequeue.skips_after_opening([(20, 30)]) == [(20, 30)]
+
+
+def test_the_gaps_become_one_skip_behind_the_drawn_people() -> None:
+    prequeue = Prequeue(Draw(KNOWN_SEED, 10), ((3, 8), (12, 14)))
+    assert prequeue.end == 17
+    assert prequeue.skips_after_opening([(3, 8), (12, 14), (40, 50)]) == [
+        (11, 18),
+        (40, 50),
+    ]

@@ -273,7 +273,13 @@ def test_saved_state_loads_back_the_same(tmp_path: Path) -> None:
             issued=40,
             skips=((12, 20), (30, 31)),
         ),
-        "sale": RoomState(),
+        "sale": RoomState(
+            next_position=900,
+            opened=True,
+            draw_size=500,
+            draw_seed="ab" * 32,
+            draw_gaps=((3, 300), (700, 800)),
+        ),
         "quiet": RoomState(next_position=3, serving=2, claimed=0, admitted=2),
     }
     save_state(tmp_path, rooms)

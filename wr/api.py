@@ -109,8 +109,9 @@ class App:
     # Dispatch.
 
     def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         route, response = self._dispatch(request)
-        self.metrics.requests[route, response.status] += 1
+        self.metrics.observe(route, response.status, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request method=%s path=%s status=%s",
@@ -188,6 +189,7 @@ class App:
                 503, "try_again", "too many arrivals at once", ("retry-after", "1")
             )
         eta = room.eta_s(position)
+        room.last_eta = -1 if eta is None else eta
         token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
         return self._waiting(room, position, token, eta, set_cookie=True)
 
@@ -210,7 +212,7 @@ class App:
             return self._waiting(room, claims.pos, token, eta, set_cookie=False)
 
         # Counted once per position, however often the person asks.
-        room.claim(claims.pos, now)
+        room.claim(claims.pos, now, max(0.0, now - claims.iat))
         return self._admit(room, claims.sub, claims.pos, now)
 
     def _admit(self, room: Room, sub: str, position: int, now: float) -> Response:
@@ -300,15 +302,18 @@ class App:
         except TokenError as exc:
             self.metrics.token_rejected("bypass", exc.reason)
             return _error(401, exc.reason, exc.detail)
-        room.count_inside(now)
-        response = self._admit(room, claims.sub, 0, now)
+        # The access token carries the admission's number, negated, where a
+        # place in line would be: its leave then counts once.
+        number = room.count_inside(now)
+        response = self._admit(room, claims.sub, -number, now)
         response.status = 302
         response.headers.append(("location", room.config.target_url))
         return response
 
     def room_info(self, request: Request, room: Room) -> Response:
         """The room as the public sees it; after opening, the draw's seed."""
-        draw = room.draw
+        prequeue = room.prequeue
+        draw = prequeue.draw if prequeue else None
         return _json(
             200,
             {
@@ -318,6 +323,7 @@ class App:
                 "waiting": room.waiting,
                 "prequeue_size": draw.size if draw else 0,
                 "draw_seed": draw.seed_hex if draw else None,
+                "draw_gaps": [list(gap) for gap in prequeue.gaps] if prequeue else [],
             },
         )
 

@@ -45,6 +45,14 @@ Inputs: the seed ``S`` (32 bytes) and the pre-queue size ``P`` (P >= 0).
    Positions (and ranks) above ``P`` map to themselves: people who join
    after the opening keep their place behind the pre-queue.
 
+5. Gaps. A crash before the opening leaves ranges of positions that were
+   reserved but given to nobody (see :mod:`wr.steward`). They are left out
+   of the draw: the positions ``1..E`` of the pre-queue, less the gaps
+   (published as ``[first, end)`` pairs), are numbered ``1..P`` in order
+   and drawn as above. The few people who may hold a position in a gap
+   (they joined just before the crash) rank after the drawn ones, in
+   position order: ``P + 1`` and up.
+
 Check a re-implementation against this: for ``S = bytes(range(32))`` and
 ``P = 10``, ``rank`` maps positions 1..10 to 2, 10, 6, 3, 9, 5, 8, 7, 4, 1.
 
@@ -74,7 +82,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_SIZE", "ROUNDS", "SEED_BYTES", "Draw"]
+__all__ = ["MAX_GAPS", "MAX_SIZE", "ROUNDS", "SEED_BYTES", "Draw", "Prequeue"]
 
 # The seed is an HMAC-SHA256 key; 32 bytes is the hash's own strength.
 SEED_BYTES = 32
@@ -83,6 +91,9 @@ ROUNDS = 8
 # A half is written in 8 bytes and cut from the first 8 bytes of a digest,
 # so halves are at most 64 bits wide and the domain at most 2**128.
 MAX_SIZE = 1 << 128
+
+# Gaps a pre-queue keeps out of its draw: one per crash before the opening.
+MAX_GAPS = 16
 
 _HALF_BYTES = 8
 _SHA256_BLOCK = 64
@@ -172,3 +183,80 @@ class Draw:
         outer.update(inner.digest())
         head = int.from_bytes(outer.digest()[:_HALF_BYTES], "big")
         return head >> (8 * _HALF_BYTES - self._half_bits)
+
+
+@dataclass(frozen=True)
+class Prequeue:
+    """The drawn pre-queue: positions ``1..end`` less the ``gaps``.
+
+    ``gaps`` are sorted, disjoint ``[first, end)`` ranges of positions that
+    were reserved but given to nobody; the draw covers the rest, numbered in
+    order (step 5 of the module docstring).
+    """
+
+    draw: Draw
+    gaps: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.gaps) > MAX_GAPS:
+            raise ValueError(f"a pre-queue keeps at most {MAX_GAPS} gaps out")
+        low = 1
+        for first, stop in self.gaps:
+            if not low <= first < stop:
+                raise ValueError(f"gaps must be sorted and disjoint: {self.gaps}")
+            low = stop
+        if low > self.end + 1:
+            raise ValueError(f"gaps lie beyond the pre-queue: {self.gaps}")
+
+    @property
+    def end(self) -> int:
+        """The last position of the pre-queue, gaps included."""
+        return self.draw.size + sum(stop - first for first, stop in self.gaps)
+
+    def skips_after_opening(
+        self, skips: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """The room's skips once the draw orders the pre-queue.
+
+        Gaps stop being ranges of positions and become one range of ranks,
+        right behind the drawn people; skips after the pre-queue stay.
+        """
+        end = self.end
+        kept = [skip for skip in skips if skip[0] > end]
+        if end > self.draw.size:
+            kept.insert(0, (self.draw.size + 1, end + 1))
+        return kept
+
+    def rank(self, position: int) -> int:
+        """The place in the admission order of the person at ``position``."""
+        if position < 1:
+            raise ValueError(f"positions start at 1, not {position}")
+        skipped = 0
+        for first, stop in self.gaps:
+            if position < first:
+                break
+            if position < stop:
+                return self.draw.size + skipped + position - first + 1
+            skipped += stop - first
+        if position > self.end:
+            return position
+        return self.draw.rank(position - skipped)
+
+    def position(self, rank: int) -> int:
+        """The position whose place in the admission order is ``rank``."""
+        if rank < 1:
+            raise ValueError(f"ranks start at 1, not {rank}")
+        if rank > self.end:
+            return rank
+        if rank > self.draw.size:
+            left = rank - self.draw.size - 1
+            for first, stop in self.gaps:
+                if left < stop - first:
+                    return first + left
+                left -= stop - first
+        position = self.draw.position(rank)
+        for first, stop in self.gaps:
+            if position < first:
+                break
+            position += stop - first
+        return position

@@ -1,38 +1,141 @@
-"""Counters kept as plain integers on the hot path, exposed by prometheus-client.
+"""Metrics: plain integers on the hot path, one Prometheus view of all workers.
 
-A request costs one dictionary increment; the Prometheus families are built
-only when ``/metrics`` is scraped, by :class:`Metrics` acting as a
-prometheus-client collector. Room gauges are read from the rooms at scrape
-time, so they cost nothing between scrapes.
+A request costs a dictionary increment and a histogram bucket; nothing is
+shared or locked. Every second each worker writes its counters, as JSON,
+into its own slot of the shared block (one writer per slot, read under a
+seqlock). A scrape, on whichever worker it lands, adds up every live
+worker's slot, the counters of workers that have exited (the supervisor
+folds them into the block's ``retired`` slot, so totals never go back) and
+its own live counters, and hands the result to prometheus-client's
+exposition code. Room figures come straight from shared memory.
 
-Counters are per process: with one worker that is the whole service.
+What a killed worker counted in its last second is lost; everything else
+adds up across workers and restarts of workers.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
+import os
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from wr import __version__
 from wr.room import Room
+from wr.shm import WAIT_BUCKETS_S, MetricsBlob, SharedBlock
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS_S",
+    "PUBLISH_INTERVAL_S",
+    "Metrics",
+    "merge_snapshots",
+]
+
+log = logging.getLogger("wr.server")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# How often a worker copies its counters to shared memory: the staleness of
+# other workers' figures in a scrape.
+PUBLISH_INTERVAL_S = 1.0
+# Request latency buckets: wr answers in tens of microseconds, so the
+# buckets start far below the usual web defaults.
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+ROOM_STATES = ("prequeue", "waiting", "paused", "closed")
+
+
+def empty_snapshot() -> dict[str, Any]:
+    return {"requests": [], "bad": [], "tokens": [], "latency": {}, "connections": 0}
+
+
+def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add up the counters of several processes."""
+    requests: Counter[tuple[str, int]] = Counter()
+    bad: Counter[tuple[int, str]] = Counter()
+    tokens: Counter[tuple[str, str]] = Counter()
+    latency: dict[str, list[float]] = {}
+    connections = 0
+    for snapshot in snapshots:
+        for route, code, value in snapshot.get("requests", ()):
+            requests[route, code] += value
+        for code, reason, value in snapshot.get("bad", ()):
+            bad[code, reason] += value
+        for kind, reason, value in snapshot.get("tokens", ()):
+            tokens[kind, reason] += value
+        for route, values in snapshot.get("latency", {}).items():
+            total = latency.setdefault(route, [0.0] * len(values))
+            for i, value in enumerate(values):
+                total[i] += value
+        connections += snapshot.get("connections", 0)
+    return {
+        "requests": [[r, c, v] for (r, c), v in requests.items()],
+        "bad": [[c, r, v] for (c, r), v in bad.items()],
+        "tokens": [[k, r, v] for (k, r), v in tokens.items()],
+        "latency": latency,
+        "connections": connections,
+    }
 
 
 class Metrics(Collector):
-    def __init__(self, rooms: Mapping[str, Room]) -> None:
+    """One process's counters, and the scrape of the whole service."""
+
+    def __init__(
+        self,
+        rooms: Mapping[str, Room],
+        *,
+        block: SharedBlock | None = None,
+        index: int | None = None,
+        connections: Callable[[], int] = lambda: 0,
+        session_s: float = 3600.0,
+    ) -> None:
         self.rooms = rooms
+        self.block = block
+        self.index = index
+        self.connections = connections
+        self.session_s = session_s
         self.requests: Counter[tuple[str, int]] = Counter()
         self.http_rejected: Counter[tuple[int, str]] = Counter()
         self.tokens_rejected: Counter[tuple[str, str]] = Counter()
+        # Per route: a count per bucket (the last is +Inf), then the sum.
+        self.latency: dict[str, list[float]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
+
+    # The hot path.
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests[route, status] += 1
+        counts = self.latency.get(route)
+        if counts is None:
+            counts = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        counts[-1] += seconds
 
     def http_error(self, status: int, error: str) -> None:
         self.http_rejected[status, error] += 1
@@ -40,14 +143,49 @@ class Metrics(Collector):
     def token_rejected(self, kind: str, reason: str) -> None:
         self.tokens_rejected[kind, reason] += 1
 
+    # Sharing.
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[r, c, v] for (r, c), v in self.requests.items()],
+            "bad": [[c, r, v] for (c, r), v in self.http_rejected.items()],
+            "tokens": [[k, r, v] for (k, r), v in self.tokens_rejected.items()],
+            "latency": self.latency,
+            "connections": self.connections(),
+        }
+
+    def publish(self) -> None:
+        """Copy this worker's counters to its slot (every PUBLISH_INTERVAL_S)."""
+        if self.block is None or self.index is None:
+            return
+        blob = self.block.workers[self.index].metrics
+        if not blob.write(orjson.dumps(self.snapshot())):
+            log.error("metrics snapshot too large for its slot index=%s", self.index)
+
+    def _service_snapshot(self) -> dict[str, Any]:
+        snapshots = [self.snapshot()]
+        block = self.block
+        if block is not None:
+            blobs: list[MetricsBlob] = [block.header.retired]
+            for index, slot in enumerate(block.workers):
+                if slot.pid and index != self.index and slot.pid != os.getpid():
+                    blobs.append(slot.metrics)
+            for blob in blobs:
+                raw = blob.read()
+                if raw:
+                    snapshots.append(orjson.loads(raw))
+        return merge_snapshots(snapshots)
+
+    # The scrape.
+
     def exposition(self) -> bytes:
         return generate_latest(self._registry)
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._service()
+        yield from self._service(self._service_snapshot())
         yield from self._rooms()
 
-    def _service(self) -> Iterator[Metric]:
+    def _service(self, totals: Mapping[str, Any]) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "wr_build_info", "Version of the running wr.", labels=["version"]
         )
@@ -55,18 +193,40 @@ class Metrics(Collector):
         yield info
 
         requests = CounterMetricFamily(
-            "wr_http_requests", "Requests answered, by route.", labels=["route", "code"]
+            "wr_http_requests",
+            "Requests answered, by route and status code.",
+            labels=["route", "code"],
         )
-        for (route, code), value in sorted(self.requests.items()):
+        for route, code, value in sorted(totals["requests"]):
             requests.add_metric([route, str(code)], value)
         yield requests
+
+        latency = HistogramMetricFamily(
+            "wr_http_request_duration_seconds",
+            "Time from a request's last byte to its response, by route.",
+            labels=["route"],
+        )
+        for route, values in sorted(totals["latency"].items()):
+            buckets, cumulative = [], 0.0
+            bounds = [*map(str, LATENCY_BUCKETS_S), "+Inf"]
+            for bound, count in zip(bounds, values[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric([route], buckets, sum_value=values[-1])
+        yield latency
+
+        yield GaugeMetricFamily(
+            "wr_http_connections_open",
+            "Client connections open, all workers.",
+            value=totals["connections"],
+        )
 
         rejected = CounterMetricFamily(
             "wr_http_bad_requests",
             "Requests refused by the HTTP layer, by status and reason.",
             labels=["code", "reason"],
         )
-        for (code, reason), value in sorted(self.http_rejected.items()):
+        for code, reason, value in sorted(totals["bad"]):
             rejected.add_metric([str(code), reason], value)
         yield rejected
 
@@ -75,44 +235,106 @@ class Metrics(Collector):
             "Tokens refused, by kind and reason.",
             labels=["kind", "reason"],
         )
-        for (kind, reason), value in sorted(self.tokens_rejected.items()):
+        for kind, reason, value in sorted(totals["tokens"]):
             tokens.add_metric([kind, reason], value)
         yield tokens
 
+        if self.block is not None:
+            header = self.block.header
+            yield CounterMetricFamily(
+                "wr_worker_restarts",
+                "Worker processes restarted after they died or stopped answering.",
+                value=header.worker_restarts,
+            )
+            yield GaugeMetricFamily(
+                "wr_ticker_lag_seconds",
+                "How late the admission ticker ran, at worst, in the last second.",
+                value=header.ticker_lag,
+            )
+            yield GaugeMetricFamily(
+                "wr_state_save_failing",
+                "1 while the state directory refuses writes (serving from memory).",
+                value=header.save_failing,
+            )
+
     def _rooms(self) -> Iterator[Metric]:
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            "next_position": GaugeMetricFamily(
-                "wr_room_next_position",
-                "Next position to be handed out.",
-                labels=["room"],
+        now = time.time()
+        gauges = {
+            "next_position": ("wr_room_next_position", "Next position to hand out."),
+            "serving": ("wr_room_serving_position", "Highest position let in."),
+            "waiting": ("wr_room_waiting", "People in line, not yet let in."),
+            "active": (
+                "wr_room_active",
+                "People inside now: claimed, within their session, not left.",
             ),
-            "serving": GaugeMetricFamily(
-                "wr_room_serving_position",
-                "Highest position allowed in.",
-                labels=["room"],
+            "rate": (
+                "wr_room_admit_rate_per_second",
+                "Admissions per second the ticker aims at, policies included.",
             ),
-            "waiting": GaugeMetricFamily(
-                "wr_room_waiting", "People in line, not yet let in.", labels=["room"]
+            "noshow": (
+                "wr_room_noshow_ratio",
+                "Share of recent admissions nobody claimed.",
             ),
-            "joins": CounterMetricFamily(
-                "wr_room_joins", "Positions handed out.", labels=["room"]
-            ),
-            "admitted": CounterMetricFamily(
-                "wr_room_admissions_available",
-                "Admissions made available by the ticker.",
-                labels=["room"],
-            ),
-            "claimed": CounterMetricFamily(
-                "wr_room_admissions_claimed",
-                "Admissions taken by the person they were for.",
-                labels=["room"],
+            "eta": (
+                "wr_room_last_arrival_eta_seconds",
+                "Estimated wait given to the latest arrival.",
             ),
         }
+        counters = {
+            "joins": ("wr_room_joins", "Positions handed out."),
+            "admitted": (
+                "wr_room_admissions_available",
+                "Admissions made available by the ticker.",
+            ),
+            "claimed": (
+                "wr_room_admissions_claimed",
+                "Admissions taken by the person they were for.",
+            ),
+        }
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            key: GaugeMetricFamily(name, text, labels=["room"])
+            for key, (name, text) in gauges.items()
+        }
+        families.update(
+            {
+                key: CounterMetricFamily(name, text, labels=["room"])
+                for key, (name, text) in counters.items()
+            }
+        )
+        state = GaugeMetricFamily(
+            "wr_room_state", "1 for the room's current state.", labels=["room", "state"]
+        )
+        wait = HistogramMetricFamily(
+            "wr_room_wait_at_admission_seconds",
+            "Time from joining to taking one's turn.",
+            labels=["room"],
+        )
         for name, room in sorted(self.rooms.items()):
-            families["next_position"].add_metric([name], room.next_position)
-            families["serving"].add_metric([name], room.serving)
-            families["waiting"].add_metric([name], room.waiting)
-            families["joins"].add_metric([name], room.next_position - 1)
-            families["admitted"].add_metric([name], room.admitted)
-            families["claimed"].add_metric([name], room.claimed)
+            values = {
+                "next_position": room.next_position,
+                "serving": room.serving,
+                "waiting": room.waiting,
+                "active": room.active(now, self.session_s),
+                "rate": room.admit_rate,
+                "noshow": room.noshow_ratio,
+                "eta": room.last_eta,
+                "joins": room.joins,
+                "admitted": room.admitted,
+                "claimed": room.claimed,
+            }
+            for key, value in values.items():
+                families[key].add_metric([name], value)
+            phase = room.phase()
+            for candidate in ROOM_STATES:
+                state.add_metric([name, candidate], 1 if candidate == phase else 0)
+            counts, total = room.wait_histogram()
+            buckets, cumulative = [], 0
+            for bound, count in zip(
+                [*map(str, WAIT_BUCKETS_S), "+Inf"], counts, strict=True
+            ):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            wait.add_metric([name], buckets, sum_value=total)
         yield from families.values()
+        yield state
+        yield wait

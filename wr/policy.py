@@ -11,7 +11,10 @@ turns the room's settings into a number of admissions per tick:
   site sees the configured rate of people who actually arrive;
 - **capacity** (``max_active``): no more people inside at once than that,
   counting claimed admissions still within their session (minus those who
-  left) and recent admissions not claimed yet (they may still come);
+  left) and recent admissions not claimed yet (they may still come). Which
+  recent admissions are unclaimed is read from the room's claim bits: the
+  claim counter alone cannot tell a claim of a recent admission from a late
+  claim of an earlier one;
 - **passthrough**: while admissions over the last minute are under
   ``rate_per_minute`` (and capacity allows), everyone waiting is let in at
   once; the line only forms when a surge uses that up;
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from wr.room import Room
+from wr.room import CLAIM_WINDOW, Room
 
 __all__ = ["CLAIM_GRACE_S", "NOSHOW_WINDOW_S", "PASSTHROUGH_WINDOW_S", "Policy"]
 
@@ -48,6 +51,7 @@ class _Sample:
     at: float
     admitted: int
     claimed: int
+    serving: int
 
 
 class Policy:
@@ -88,27 +92,71 @@ class Policy:
             return bound
         return max(1.0, min(bound, admitted / claimed))
 
+    def admit_rate(self) -> float:
+        """Admissions per second aimed at now (0 when nobody is let in)."""
+        config = self.room.config
+        if config.closed or config.paused or not self.room.opened:
+            return 0.0
+        if not self._history:
+            return self.room.rate_per_s
+        return self.room.rate_per_s * self.compensation(self._history[-1].at)
+
+    def noshow_ratio(self) -> float:
+        """Share of the last window's admissions that nobody claimed."""
+        if not self._history:
+            return 0.0
+        admitted, claimed = self._since(self._history[-1].at, NOSHOW_WINDOW_S)
+        if admitted <= 0:
+            return 0.0
+        return max(0.0, 1.0 - claimed / admitted)
+
     def free_capacity(self, now: float) -> int:
         """Places left inside: ``max_active`` minus inside and expected."""
         room = self.room
         if room.config.max_active is None:
             return room.waiting
-        admitted, claimed = self._since(now, CLAIM_GRACE_S)
+        latest, oldest = self._history[-1], self._oldest(now, CLAIM_GRACE_S)
+        admitted = latest.admitted - oldest.admitted
+        claimed = _claimed(room, oldest.serving + 1, latest.serving + 1)
         expected = max(0, admitted - claimed)
         return room.config.max_active - room.active(now, self.session_s) - expected
 
     def _record(self, now: float) -> None:
         history = self._history
-        history.append(_Sample(now, self.room.admitted, self.room.claimed))
+        room = self.room
+        history.append(_Sample(now, room.admitted, room.claimed, room.serving))
         while len(history) > 1 and history[1].at <= now - HISTORY_S:
             history.popleft()
 
     def _since(self, now: float, window_s: float) -> tuple[int, int]:
         """Admissions and claims over the last ``window_s`` seconds."""
-        latest = self._history[-1]
-        oldest = latest
+        latest, oldest = self._history[-1], self._oldest(now, window_s)
+        return latest.admitted - oldest.admitted, latest.claimed - oldest.claimed
+
+    def _oldest(self, now: float, window_s: float) -> _Sample:
+        """The first sample of the last ``window_s`` seconds."""
+        oldest = self._history[-1]
         for sample in reversed(self._history):
             if sample.at < now - window_s:
                 break
             oldest = sample
-        return latest.admitted - oldest.admitted, latest.claimed - oldest.claimed
+        return oldest
+
+
+def _claimed(room: Room, first: int, end: int) -> int:
+    """How many of the ranks ``[first, end)`` were claimed.
+
+    Reads :class:`Room`'s ring of claim bits (bit ``rank % CLAIM_WINDOW``,
+    low bit first in each byte). Ranks more than a ring behind ``end`` have
+    lost their bits and count as unclaimed.
+    """
+    ring = room._claims
+    first = max(first, end - CLAIM_WINDOW)
+    count = 0
+    while first < end:
+        start = first % CLAIM_WINDOW
+        stop = min(CLAIM_WINDOW, start + end - first)
+        bits = int.from_bytes(ring[start >> 3 : (stop + 7) >> 3], "little")
+        count += ((bits >> (start & 7)) & ((1 << (stop - start)) - 1)).bit_count()
+        first += stop - start
+    return count

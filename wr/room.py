@@ -9,12 +9,20 @@ reads a clock: callers pass the time, so every rule is tested exactly.
 
 from __future__ import annotations
 
+import bisect
+import ctypes
 import math
 from collections.abc import Callable, Iterable, Sequence
 
 from wr.config import RoomConfig
-from wr.draw import Draw
-from wr.shm import INSIDE_BUCKET_S, INSIDE_BUCKETS, RoomSlot
+from wr.draw import Draw, Prequeue
+from wr.shm import (
+    BYPASS_WINDOW,
+    INSIDE_BUCKET_S,
+    INSIDE_BUCKETS,
+    WAIT_BUCKETS_S,
+    RoomSlot,
+)
 
 __all__ = [
     "CLAIM_WINDOW",
@@ -42,6 +50,10 @@ MAX_TICK_GAP_S = 1.0
 # more than three hours of admissions at 5,000 a minute; a claim for a
 # position further behind ``serving`` than that is honoured but not counted.
 CLAIM_WINDOW = 1 << 20
+
+# Claim times are kept as bucket numbers modulo this (see wr.shm), which
+# tells them apart for 2**16 - 1 buckets: more than a week.
+CLAIMED_AT_MODULUS = (1 << 16) - 1
 
 # Polling: people near the front ask every few seconds; far back, once a
 # minute. Between the two, about four times over the expected wait.
@@ -83,7 +95,9 @@ class Room:
         self._claims = slot.claims
         self._leaves = slot.leaves
         self._inside = slot.inside
-        self._draw: Draw | None = None
+        self._claimed_at = slot.claimed_at
+        self._bypass_leaves = slot.bypass_leaves
+        self._prequeue: Prequeue | None = None
         # Admissions earned by the rate but not yet whole (carried between
         # ticks); only the ticker's process uses it.
         self._credit = 0.0
@@ -126,26 +140,56 @@ class Room:
     @property
     def draw(self) -> Draw | None:
         """The pre-queue's shuffle, once the room has opened with one."""
+        prequeue = self.prequeue
+        return None if prequeue is None else prequeue.draw
+
+    @property
+    def prequeue(self) -> Prequeue | None:
+        """The drawn pre-queue, once the room has opened with one."""
         counters = self._counters
         if not counters.opened or counters.draw_size <= 0:
             return None
         seed = bytes(counters.draw_seed)
-        if self._draw is None or self._draw.seed != seed:
-            self._draw = Draw(seed=seed, size=int(counters.draw_size))
-        return self._draw
+        cached = self._prequeue
+        if cached is None or cached.draw.seed != seed:
+            gaps = counters.draw_gaps
+            cached = self._prequeue = Prequeue(
+                Draw(seed=seed, size=int(counters.draw_size)),
+                tuple(
+                    (int(gaps[2 * i]), int(gaps[2 * i + 1]))
+                    for i in range(counters.draw_gap_count)
+                ),
+            )
+        return cached
 
-    def open(self, draw: Draw | None) -> None:
-        """Start admitting; ``draw`` shuffles the positions handed out so far."""
+    def open(self, prequeue: Prequeue | None) -> None:
+        """Start admitting; ``prequeue`` shuffles the positions handed out so far.
+
+        The gaps of the pre-queue stop being skips in position order: after
+        the shuffle they are one range of ranks behind the drawn people.
+        """
+        if prequeue is not None:
+            self._set_draw(prequeue)
+            self._skips = prequeue.skips_after_opening(self._skips)
+            self._publish_skip()
+        self._counters.opened = 1
+
+    def _set_draw(self, prequeue: Prequeue | None) -> None:
         counters = self._counters
-        if draw is not None:
-            counters.draw_seed[:] = draw.seed
-            counters.draw_size = draw.size
-        counters.opened = 1
+        if prequeue is None:
+            counters.draw_size = 0
+            return
+        counters.draw_seed[:] = prequeue.draw.seed
+        counters.draw_size = prequeue.draw.size
+        counters.draw_gap_count = len(prequeue.gaps)
+        for i, (first, stop) in enumerate(prequeue.gaps):
+            counters.draw_gaps[2 * i] = first
+            counters.draw_gaps[2 * i + 1] = stop
 
     def rank(self, position: int) -> int:
         """The place in the admission order: the drawn one for the pre-queue."""
-        draw = self.draw
-        return position if draw is None else draw.rank(position)
+        prequeue = self.prequeue
+        return position if prequeue is None else prequeue.rank(position)
 
     def phase(self) -> str:
         """What a person in line is told: closed, prequeue, paused or waiting."""
@@ -189,13 +233,11 @@ class Room:
         admitted: int,
         skips: Sequence[tuple[int, int]] = (),
         opened: bool = True,
-        draw: Draw | None = None,
+        prequeue: Prequeue | None = None,
     ) -> None:
         """Set the counters from a saved state (before anyone joins)."""
         counters = self._counters
         counters.opened = 0
-        if opened:
-            self.open(draw)
         counters.next_position = next_position
         counters.reserved = next_position
         counters.serving = serving
@@ -203,6 +245,9 @@ class Room:
         counters.admitted = admitted
         self._skips = sorted((a, b) for a, b in skips if b - 1 > serving and b > a)
         self._publish_skip()
+        # Saved skips are already in admission order: only the draw is set.
+        self._set_draw(prequeue)
+        counters.opened = int(opened)
 
     def skip(self, first: int, end: int) -> None:
         """Mark positions ``[first, end)`` as held by nobody (after a crash)."""
@@ -231,6 +276,7 @@ class Room:
             if position >= counters.reserved:
                 return None
             counters.next_position = position + 1
+            counters.joins += 1
         return int(position)
 
     def is_admitted(self, position: int) -> bool:
@@ -305,27 +351,121 @@ class Room:
         self.admit(count)
         return count
 
-    def claim(self, position: int, now: float = 0.0) -> bool:
-        """Record that ``position`` took its turn; True the first time only."""
+    def claim(self, position: int, now: float = 0.0, waited_s: float = 0.0) -> bool:
+        """Record that ``position`` took its turn; True the first time only.
+
+        ``waited_s`` (from joining to now) feeds the wait-time histogram.
+        """
         if not self._set_bit(self._claims, position):
             return False
+        counters = self._counters
+        bucket = bisect.bisect_left(WAIT_BUCKETS_S, waited_s)
+        inside = int(now) // INSIDE_BUCKET_S
         with self._lock:
-            self._counters.claimed += 1
-            self._inside[int(now) // INSIDE_BUCKET_S % INSIDE_BUCKETS] += 1
+            counters.claimed += 1
+            self._inside[inside % INSIDE_BUCKETS] += 1
+            self._claimed_at[self.rank(position) % CLAIM_WINDOW] = (
+                inside % CLAIMED_AT_MODULUS + 1
+            )
+            counters.wait_buckets[bucket] += 1
+            counters.wait_sum += waited_s
         return True
 
-    def count_inside(self, now: float) -> None:
-        """Someone let in without a position (a bypass token) is inside."""
+    def wait_histogram(self) -> tuple[list[int], float]:
+        """Claims by wait bucket (the last is beyond every bound), and the sum."""
+        counters = self._counters
+        return list(counters.wait_buckets), float(counters.wait_sum)
+
+    @property
+    def joins(self) -> int:
+        return int(self._counters.joins)
+
+    @property
+    def last_eta(self) -> int:
+        """The estimated wait given to the latest arrival (-1: unknown)."""
+        return int(self._counters.last_eta)
+
+    @last_eta.setter
+    def last_eta(self, seconds: int) -> None:
+        self._counters.last_eta = seconds
+
+    @property
+    def admit_rate(self) -> float:
+        """Admissions per second the ticker is aiming at (policies included)."""
+        return float(self._counters.admit_rate)
+
+    @property
+    def noshow_ratio(self) -> float:
+        """Share of recent admissions never claimed."""
+        return float(self._counters.noshow_ratio)
+
+    def publish_policy(self, admit_rate: float, noshow_ratio: float) -> None:
+        self._counters.admit_rate = admit_rate
+        self._counters.noshow_ratio = noshow_ratio
+
+    def count_inside(self, now: float) -> int:
+        """Someone let in without a position (a bypass token) is inside.
+
+        Returns the number of this bypass admission; its access token
+        carries it, negated, as ``pos``, so that its leave counts once.
+        """
         with self._lock:
+            self._counters.bypassed += 1
+            number = int(self._counters.bypassed)
+            _clear_bit(self._bypass_leaves, number % BYPASS_WINDOW)
             self._inside[int(now) // INSIDE_BUCKET_S % INSIDE_BUCKETS] += 1
+        return number
+
+    def claimed_at(self, position: int, now: float) -> float | None:
+        """When ``position`` claimed its turn (to the bucket); None if unknown."""
+        rank = self.rank(position)
+        serving = self.serving
+        if rank > serving or rank <= serving - CLAIM_WINDOW:
+            return None
+        stored = int(self._claimed_at[rank % CLAIM_WINDOW])
+        if not stored:
+            return None
+        newest = int(now) // INSIDE_BUCKET_S
+        bucket = newest - (newest - (stored - 1)) % CLAIMED_AT_MODULUS
+        return float(bucket * INSIDE_BUCKET_S)
 
     def leave(
-        self, position: int, admitted_at: float, now: float, session_s: float
+        self, position: int, issued_at: float, now: float, session_s: float
     ) -> bool:
-        """A person inside left: free their place now; True the first time only."""
-        if now - admitted_at >= session_s or not self._set_bit(self._leaves, position):
+        """A person inside left: free their place now; True the first time only.
+
+        ``position`` is the access token's ``pos``: a place in line, or a
+        bypass admission's number negated (then ``issued_at``, the token's
+        ``iat``, is when they came in). A place in line is taken back from
+        the time of its claim, however often its access token was issued
+        again since.
+        """
+        if position < 0:
+            return self._leave_bypass(-position, issued_at, now, session_s)
+        if position == 0 or not self.opened:
+            return False
+        admitted_at = self.claimed_at(position, now)
+        if admitted_at is None or now - admitted_at >= session_s:
+            return False
+        if not self._set_bit(self._leaves, position):
             return False
         with self._lock:
+            self._inside[int(admitted_at) // INSIDE_BUCKET_S % INSIDE_BUCKETS] -= 1
+        return True
+
+    def _leave_bypass(
+        self, number: int, admitted_at: float, now: float, session_s: float
+    ) -> bool:
+        bypassed = int(self._counters.bypassed)
+        if not bypassed - BYPASS_WINDOW < number <= bypassed:
+            return False
+        if now - admitted_at >= session_s:
+            return False
+        slot = number % BYPASS_WINDOW
+        with self._lock:
+            if self._bypass_leaves[slot >> 3] & (1 << (slot & 7)):
+                return False
+            self._bypass_leaves[slot >> 3] |= 1 << (slot & 7)
             self._inside[int(admitted_at) // INSIDE_BUCKET_S % INSIDE_BUCKETS] -= 1
         return True
 
@@ -347,13 +487,20 @@ class Room:
         # Slots are reused every CLAIM_WINDOW positions: clear the ones that
         # newly admitted positions will use, before they are admitted.
         with self._lock:
-            for ring in (self._claims, self._leaves):
-                if last - first + 1 >= CLAIM_WINDOW:
+            if last - first + 1 >= CLAIM_WINDOW:
+                for ring in (self._claims, self._leaves):
                     ring[:] = bytes(len(ring))
-                    continue
-                for rank in range(first, last + 1):
-                    slot = rank % CLAIM_WINDOW
-                    ring[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+                ctypes.memset(self._claimed_at, 0, ctypes.sizeof(self._claimed_at))
+                return
+            for rank in range(first, last + 1):
+                slot = rank % CLAIM_WINDOW
+                _clear_bit(self._claims, slot)
+                _clear_bit(self._leaves, slot)
+                self._claimed_at[slot] = 0
+
+
+def _clear_bit(ring: memoryview, slot: int) -> None:
+    ring[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
 
 
 class Ticker:

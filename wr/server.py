@@ -26,7 +26,7 @@ from wr.admin import AdminApp, OverridesStore, admin_token, effective_rooms
 from wr.api import App
 from wr.config import Config, ConfigError
 from wr.http import HttpProtocol, HttpServerState, Request, Response
-from wr.metrics import Metrics
+from wr.metrics import PUBLISH_INTERVAL_S, Metrics
 from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import StateError
@@ -70,7 +70,13 @@ class Worker:
         self.overrides = OverridesStore(config.state_dir)
         self._generation = int(block.header.generation)
         self.rooms = self._rooms(config)
-        self.metrics = Metrics(self.rooms)
+        self.metrics = Metrics(
+            self.rooms,
+            block=block,
+            index=index,
+            connections=lambda: len(self.http.connections),
+            session_s=config.tokens.access_ttl_s,
+        )
         tokens = self._tokens(config)
         self.app = self._app(config, tokens)
         self.admin = self._admin(config, tokens)
@@ -183,6 +189,7 @@ class Worker:
 
         tasks = [
             asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._publish_metrics()),
             asyncio.create_task(self._watch_admin_changes()),
         ]
         if self.steward is not None:
@@ -214,6 +221,7 @@ class Worker:
             task.cancel()
         if self.steward is not None:
             self.steward.final_save()
+        self.metrics.publish()
         log.info("stopped")
 
     def _on_hup(self) -> None:
@@ -232,6 +240,11 @@ class Worker:
                 log.warning("supervisor is gone, stopping")
                 self.stop()
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            self.metrics.publish()
 
     async def _watch_admin_changes(self) -> None:
         # The admin API (in this or another worker) bumps the generation

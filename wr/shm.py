@@ -31,7 +31,11 @@ import mmap
 import os
 from types import TracebackType
 
+from wr.draw import MAX_GAPS
+
 __all__ = [
+    "BYPASS_WINDOW",
+    "CLAIMED_AT_TYPE",
     "MAX_ROOMS",
     "MAX_WORKERS",
     "RobustMutex",
@@ -55,12 +59,24 @@ MUTEXATTR_BYTES = 16
 # Room names are at most 64 ASCII characters (wr.config.ROOM_NAME).
 NAME_BYTES = 64
 
+# Room for one process's metrics as JSON: a few KiB in practice.
+METRICS_BLOB_BYTES = 32 * 1024
+# A seqlock reader gives up after this many torn reads (the writer is slow).
+BLOB_READ_TRIES = 10
+# Buckets of the wait-at-admission histogram, in seconds.
+WAIT_BUCKETS_S = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+
 # The pre-queue's permutation seed (wr.draw).
 DRAW_SEED_BYTES = 32
 # Capacity mode counts people inside per time bucket of this many seconds,
 # over a ring long enough for the longest session (24 hours).
 INSIDE_BUCKET_S = 10
 INSIDE_BUCKETS = 24 * 3600 // INSIDE_BUCKET_S
+# When each claim was made, as a bucket number modulo 2**16 - 1 (0: none):
+# two bytes per position tell a leave which bucket to take a person from.
+CLAIMED_AT_TYPE = ctypes.c_uint16
+# Bypass admissions whose leave is remembered: the last 64 Ki of them.
+BYPASS_WINDOW = 1 << 16
 
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
@@ -102,8 +118,61 @@ class RoomCounters(ctypes.Structure):
         ("opened", ctypes.c_int64),
         ("draw_size", ctypes.c_int64),
         ("draw_seed", ctypes.c_ubyte * DRAW_SEED_BYTES),
+        # Positions left out of the draw, as [first, end) pairs.
+        ("draw_gap_count", ctypes.c_int64),
+        ("draw_gaps", ctypes.c_int64 * (2 * MAX_GAPS)),
+        # Admissions through bypass tokens; each one's access token carries
+        # its number, negated, as ``pos``.
+        ("bypassed", ctypes.c_int64),
+        # For metrics: joins, the estimated wait given to the last arrival,
+        # the ticker's current rate and no-show ratio, and how long people
+        # waited before they were let in (written under the room's lock).
+        ("joins", ctypes.c_int64),
+        ("last_eta", ctypes.c_int64),
+        ("admit_rate", ctypes.c_double),
+        ("noshow_ratio", ctypes.c_double),
+        ("wait_buckets", ctypes.c_int64 * (len(WAIT_BUCKETS_S) + 1)),
+        ("wait_sum", ctypes.c_double),
         ("name", ctypes.c_char * NAME_BYTES),
     )
+
+
+class MetricsBlob(ctypes.Structure):
+    """One process's counters as JSON, written by that process alone.
+
+    ``seq`` is odd while the writer is at work: a reader that sees it odd,
+    or changed after reading, reads again (a seqlock).
+    """
+
+    _fields_ = (
+        ("seq", ctypes.c_int64),
+        ("length", ctypes.c_int64),
+        ("data", ctypes.c_ubyte * METRICS_BLOB_BYTES),
+    )
+
+    def write(self, data: bytes) -> bool:
+        if len(data) > METRICS_BLOB_BYTES:
+            return False
+        self.seq += 1
+        ctypes.memmove(self.data, data, len(data))
+        self.length = len(data)
+        self.seq += 1
+        return True
+
+    def read(self) -> bytes | None:
+        for _ in range(BLOB_READ_TRIES):
+            before = self.seq
+            if before % 2:
+                continue
+            data = ctypes.string_at(ctypes.addressof(self.data), self.length)
+            if self.seq == before:
+                return data
+        return None
+
+    def clear(self) -> None:
+        self.seq += 1
+        self.length = 0
+        self.seq += 1
 
 
 class BlockHeader(ctypes.Structure):
@@ -111,6 +180,13 @@ class BlockHeader(ctypes.Structure):
         ("mutex", ctypes.c_ubyte * MUTEX_BYTES),
         # Bumped whenever the admin API changes a room: everyone reloads.
         ("generation", ctypes.c_int64),
+        ("worker_restarts", ctypes.c_int64),
+        # The ticker's lateness over the last second, in seconds.
+        ("ticker_lag", ctypes.c_double),
+        # 1 while the state directory refuses writes.
+        ("save_failing", ctypes.c_int64),
+        # The counters of workers that have exited, so totals never go back.
+        ("retired", MetricsBlob),
     )
 
 
@@ -118,6 +194,7 @@ class WorkerSlot(ctypes.Structure):
     _fields_ = (
         ("pid", ctypes.c_int64),
         ("heartbeat", ctypes.c_double),
+        ("metrics", MetricsBlob),
     )
 
 
@@ -159,10 +236,12 @@ class RobustMutex:
 
 
 class RoomSlot:
-    """One room's counters, lock and bit rings, in shared memory or not.
+    """One room's counters, lock and rings, in shared memory or not.
 
-    After the counters come the ring of claim bits, the ring of leave bits
-    (one bit per position each), and the people inside per time bucket.
+    After the counters come, by admission rank: the ring of claim bits, the
+    ring of leave bits (one bit per position each) and when each claim was
+    made (:data:`CLAIMED_AT_TYPE`, see :mod:`wr.room`); then the people
+    inside per time bucket, and the leave bits of bypass admissions.
     """
 
     def __init__(self, block: mmap.mmap, offset: int, claim_bytes: int) -> None:
@@ -174,11 +253,22 @@ class RoomSlot:
         self.leaves = view[start + claim_bytes : start + 2 * claim_bytes]
         inside_at = _aligned(start + 2 * claim_bytes, 8)
         self.inside = (ctypes.c_int64 * INSIDE_BUCKETS).from_buffer(block, inside_at)
+        claimed_at = inside_at + ctypes.sizeof(self.inside)
+        self.claimed_at = (CLAIMED_AT_TYPE * (8 * claim_bytes)).from_buffer(
+            block, claimed_at
+        )
+        bypass_at = claimed_at + ctypes.sizeof(self.claimed_at)
+        self.bypass_leaves = view[bypass_at : bypass_at + BYPASS_WINDOW // 8]
 
     @staticmethod
     def size(claim_bytes: int) -> int:
         counters = ctypes.sizeof(RoomCounters)
-        return _aligned(counters + 2 * claim_bytes, 8) + 8 * INSIDE_BUCKETS
+        return (
+            _aligned(counters + 2 * claim_bytes, 8)
+            + 8 * INSIDE_BUCKETS
+            + ctypes.sizeof(CLAIMED_AT_TYPE) * 8 * claim_bytes
+            + BYPASS_WINDOW // 8
+        )
 
     @classmethod
     def private(cls, claim_bytes: int) -> RoomSlot:

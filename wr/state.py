@@ -60,6 +60,7 @@ class RoomState:
     opened: bool = False
     draw_size: int = 0
     draw_seed: str = ""
+    draw_gaps: tuple[tuple[int, int], ...] = ()
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -115,8 +116,9 @@ def load_state(state_dir: Path) -> dict[str, RoomState]:
 def _room_state(fields: Mapping[str, object]) -> RoomState:
     next_position = _count(fields, "next_position")
     skips = fields.get("skips", [])
-    if not isinstance(skips, list):
-        raise ValueError("skips must be a list")
+    gaps = fields.get("draw_gaps", [])
+    if not isinstance(skips, list) or not isinstance(gaps, list):
+        raise ValueError("skips and draw_gaps must be lists")
     state = RoomState(
         next_position=next_position,
         serving=_count(fields, "serving"),
@@ -127,6 +129,7 @@ def _room_state(fields: Mapping[str, object]) -> RoomState:
         opened=fields.get("opened", True) is True,
         draw_size=_count(fields, "draw_size") if "draw_size" in fields else 0,
         draw_seed=_seed(fields.get("draw_seed", "")),
+        draw_gaps=tuple(_range(item) for item in gaps),
     )
     if state.serving >= state.next_position:
         raise ValueError("serving must be below next_position")
@@ -175,6 +178,7 @@ def save_state(state_dir: Path, rooms: Mapping[str, RoomState]) -> None:
                 "opened": room.opened,
                 "draw_size": room.draw_size,
                 "draw_seed": room.draw_seed,
+                "draw_gaps": [list(gap) for gap in room.draw_gaps],
             }
             for name, room in rooms.items()
         },

@@ -31,9 +31,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from wr.config import RoomConfig
-from wr.draw import Draw
+from wr.draw import MAX_GAPS, Draw, Prequeue
 from wr.policy import Policy
 from wr.room import TICK_INTERVAL_S, Room, Ticker
 from wr.shm import SharedBlock
@@ -132,24 +133,23 @@ class Steward:
         if policy is None or policy.room is not room:
             policy = self.policies[room.name] = Policy(room, self._session_s(room))
         policy.session_s = self._session_s(room)
-        return policy.admissions(dt, self._wall())
+        count = policy.admissions(dt, self._wall())
+        room.publish_policy(policy.admit_rate(), policy.noshow_ratio())
+        return count
 
     def _session_s(self, room: Room) -> float:
         minutes = room.config.session_minutes
         return self.session_s if minutes is None else minutes * 60
 
-    def _openings(self) -> dict[Room, Draw | None]:
+    def _openings(self) -> dict[Room, Prequeue | None]:
         """Rooms whose opening time has come, with the draw for their pre-queue."""
-        due: dict[Room, Draw | None] = {}
+        due: dict[Room, Prequeue | None] = {}
         wall = self._wall()
         for room in self.rooms.values():
             opens_at = room.config.opens_at_s
             if room.opened or (opens_at is not None and wall < opens_at):
                 continue
-            prequeue = room.next_position - 1
-            due[room] = (
-                Draw.new(prequeue) if opens_at is not None and prequeue else None
-            )
+            due[room] = None if opens_at is None else _prequeue(room)
         return due
 
     def step(self, now: float) -> None:
@@ -178,13 +178,14 @@ class Steward:
             or self.save_failing
         ):
             self._save(plan, reservations, openings)
-        for room, draw in openings.items():
-            room.open(draw)
+        for room, prequeue in openings.items():
+            room.open(prequeue)
             log.info(
-                "room opened room=%s prequeue=%s seed=%s",
+                "room opened room=%s prequeue=%s gaps=%s seed=%s",
                 room.name,
-                draw.size if draw else 0,
-                draw.seed_hex if draw else "-",
+                prequeue.draw.size if prequeue else 0,
+                len(prequeue.gaps) if prequeue else 0,
+                prequeue.draw.seed_hex if prequeue else "-",
             )
         for room, count in plan.items():
             room.admit(count)
@@ -216,7 +217,7 @@ class Steward:
         self,
         plan: Mapping[Room, int],
         reservations: Mapping[Room, int],
-        openings: Mapping[Room, Draw | None] | None = None,
+        openings: Mapping[Room, Prequeue | None] | None = None,
     ) -> None:
         openings = openings or {}
         states = dict(self._dormant)
@@ -225,13 +226,7 @@ class Steward:
             reserved = reservations.get(room, room.reserved)
             states[name] = _snapshot(room, reserved, plan.get(room, 0))
             if room in openings:
-                draw = openings[room]
-                states[name] = replace(
-                    states[name],
-                    opened=True,
-                    draw_size=draw.size if draw else 0,
-                    draw_seed=draw.seed_hex if draw else "",
-                )
+                states[name] = _opened(states[name], room, openings[room])
             issued[name] = states[name].issued
         try:
             save_state(self.state_dir, states)
@@ -243,10 +238,12 @@ class Steward:
                     exc.strerror or exc,
                 )
             self.save_failing = True
+            self.block.header.save_failing = 1
             return
         if self.save_failing:
             log.info("state saved again path=%s", self.state_dir)
         self.save_failing = False
+        self.block.header.save_failing = 0
         self._saved_issued = issued
         self.saves += 1
 
@@ -271,9 +268,47 @@ def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
         issued=issued,
         skips=tuple(room.skips),
         opened=room.opened,
-        draw_size=room.draw.size if room.draw else 0,
-        draw_seed=room.draw.seed_hex if room.draw else "",
+        **_draw_fields(room.prequeue),
     )
+
+
+def _opened(state: RoomState, room: Room, prequeue: Prequeue | None) -> RoomState:
+    """What ``state`` becomes once ``room`` opens with ``prequeue``."""
+    if prequeue is None:
+        return replace(state, opened=True)
+    return replace(
+        state,
+        opened=True,
+        skips=tuple(prequeue.skips_after_opening(room.skips)),
+        **_draw_fields(prequeue),
+    )
+
+
+def _draw_fields(prequeue: Prequeue | None) -> dict[str, Any]:
+    if prequeue is None:
+        return {}
+    return {
+        "draw_size": prequeue.draw.size,
+        "draw_seed": prequeue.draw.seed_hex,
+        "draw_gaps": prequeue.gaps,
+    }
+
+
+def _prequeue(room: Room) -> Prequeue | None:
+    """The draw for the positions handed out before the opening.
+
+    Skips before the opening are gaps of the pre-queue (one per crash); the
+    largest :data:`MAX_GAPS` are left out of the draw. More gaps than that
+    would take many crashes before one opening; the positions of the
+    smaller ones are then drawn with the rest, and each costs an admission.
+    """
+    end = room.next_position - 1
+    if end <= 0:
+        return None
+    gaps = [(first, min(stop, end + 1)) for first, stop in room.skips if first <= end]
+    gaps = sorted(sorted(gaps, key=lambda gap: gap[0] - gap[1])[:MAX_GAPS])
+    held = end - sum(stop - first for first, stop in gaps)
+    return Prequeue(Draw.new(held), tuple(gaps))
 
 
 def _restore(room: Room, state: RoomState) -> None:
@@ -289,9 +324,10 @@ def _restore(room: Room, state: RoomState) -> None:
             state.issued,
             state.next_position,
         )
-    draw = None
+    prequeue = None
     if state.draw_size:
         draw = Draw(seed=bytes.fromhex(state.draw_seed), size=state.draw_size)
+        prequeue = Prequeue(draw, state.draw_gaps)
     room.restore(
         next_position=state.next_position,
         serving=state.serving,
@@ -300,5 +336,5 @@ def _restore(room: Room, state: RoomState) -> None:
         skips=skips,
         # A room without an opening time is open from the start.
         opened=state.opened or room.config.opens_at is None,
-        draw=draw,
+        prequeue=prequeue,
     )

@@ -33,10 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import orjson
 import uvloop
 
 from wr.admin import OverridesStore, admin_token, effective_rooms
 from wr.config import Config, ConfigError, RoomConfig
+from wr.metrics import merge_snapshots
 from wr.room import CLAIM_WINDOW
 from wr.server import Worker
 from wr.shm import MAX_WORKERS, SharedBlock
@@ -141,8 +143,16 @@ class Supervisor:
         for index in range(self.config.server.workers):
             self._spawn(index)
 
+        expected = time.monotonic()
+        worst_lag, lag_since = 0.0, expected
         while self._children or self._stopping_since is None:
             now = time.monotonic()
+            # How late this step is: the ticker's lag, worst over a second.
+            worst_lag = max(worst_lag, now - expected)
+            if now - lag_since >= 1.0:
+                self.block.header.ticker_lag = worst_lag
+                worst_lag, lag_since = 0.0, now
+            expected = now + STEP_INTERVAL_S
             self._act_on_signals(now)
             self._reap(now)
             if self._stopping_since is None:
@@ -263,7 +273,23 @@ class Supervisor:
                 return
             child = self._children.pop(pid, None)
             if child is not None:
+                self._retire_metrics(child.index)
                 self._on_exit(child, status, now)
+
+    def _retire_metrics(self, index: int) -> None:
+        # A dead worker's counters join the retired ones, so totals across
+        # the service never go back when a worker is replaced.
+        slot = self.block.workers[index]
+        raw = slot.metrics.read()
+        slot.pid = 0
+        if raw:
+            retired = self.block.header.retired
+            before = retired.read()
+            snapshots = [orjson.loads(raw)] + ([orjson.loads(before)] if before else [])
+            merged = merge_snapshots(snapshots)
+            merged["connections"] = 0
+            retired.write(orjson.dumps(merged))
+        slot.metrics.clear()
 
     def _on_exit(self, child: _Child, status: int, now: float) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -291,6 +317,7 @@ class Supervisor:
                 RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * 2 ** (deaths - 1)
             )
         self._restart_at[child.index] = now + backoff
+        self.block.header.worker_restarts += 1
 
     def _restart_due(self, now: float) -> None:
         for index, when in list(self._restart_at.items()):
