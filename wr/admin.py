@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hmac
+import itertools
 import logging
 import os
 import secrets
@@ -34,8 +35,10 @@ import orjson
 
 from wr.config import ROOM_NAME, Config, ConfigError, RoomConfig, room_from_table
 from wr.http import Request, Response, error_response
+from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from wr.metrics import Metrics
 from wr.room import Room
-from wr.shm import SharedBlock
+from wr.shm import WAIT_BUCKETS_S, SharedBlock
 from wr.state import check_private_file
 from wr.tokens import Tokens, write_private_file
 
@@ -127,7 +130,7 @@ def room_document(room: RoomConfig, live: Room | None = None) -> dict[str, Any]:
     if live is not None:
         draw = live.draw
         document["live"] = {
-            "state": live.phase(),
+            "state": live.state(),
             "next_position": live.next_position,
             "serving": live.serving,
             "waiting": live.waiting,
@@ -159,8 +162,11 @@ class AdminApp:
         token: str | None,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        # /metrics moves here when metrics.listener is "admin".
+        self.metrics = metrics if config.metrics.listener == "admin" else None
         self._rooms = rooms
         self.tokens = tokens
         self.block = block
@@ -180,6 +186,12 @@ class AdminApp:
                 ),
                 [_NO_STORE, ("www-authenticate", 'Bearer realm="wr-admin"')],
             )
+        if request.path == "/metrics" and self.metrics is not None:
+            if request.method not in ("GET", "HEAD"):
+                return _allowed("GET, HEAD")
+            return Response(
+                200, self.metrics.exposition(), [_NO_STORE], METRICS_CONTENT_TYPE
+            )
         parts = request.path.strip("/").split("/")
         if parts[:3] != ["admin", "v1", "rooms"]:
             return _error(404, "not_found", "no such resource")
@@ -190,6 +202,10 @@ class AdminApp:
         name = parts[3]
         if len(parts) == 4:
             return self.room(request, name)
+        if len(parts) == 5 and parts[4] == "stats":
+            if request.method in ("GET", "HEAD"):
+                return self.stats(name)
+            return _allowed("GET, HEAD")
         if len(parts) == 5 and parts[4] == "bypass-tokens":
             if request.method == "POST":
                 return self.bypass(request, name)
@@ -264,6 +280,12 @@ class AdminApp:
             self.block.header.generation += 1
         log.info("room changed room=%s deleted=%s", name, table is None)
 
+    def stats(self, name: str) -> Response:
+        room = self._rooms().get(name)
+        if room is None:
+            return _error(404, "unknown_room", f"no room named {name!r}")
+        return _json(200, stats_document(room))
+
     def bypass(self, request: Request, name: str) -> Response:
         if name not in self._current():
             return _error(404, "unknown_room", f"no room named {name!r}")
@@ -278,6 +300,53 @@ class AdminApp:
         token = self.tokens.issue_bypass(name, ttl, now)
         path = f"/api/v1/rooms/{name}/bypass?token={token}"
         return _json(201, {"token": token, "expires": int(now) + ttl, "path": path})
+
+
+def stats_document(room: Room) -> dict[str, Any]:
+    """What the product team asks of a room: waits, no-shows, who gave up."""
+    counts, wait_sum = room.wait_histogram()
+    claimed = sum(counts)
+    drop_off = room.drop_off()
+    settled = drop_off.settled
+    return {
+        "room": room.name,
+        "state": room.state(),
+        "joins": room.joins,
+        "waiting": room.waiting,
+        "admitted": room.admitted,
+        "claimed": room.claimed,
+        "noshow_ratio": room.noshow_ratio,
+        "wait_at_admission": {
+            "count": claimed,
+            "mean_s": wait_sum / claimed if claimed else None,
+            "buckets": [
+                {"le_s": bound, "count": count}
+                for bound, count in zip(
+                    [*WAIT_BUCKETS_S, None], itertools.accumulate(counts), strict=True
+                )
+            ],
+        },
+        "drop_off": {
+            "settled": settled,
+            "abandoned": drop_off.abandoned,
+            "abandoned_share": drop_off.abandoned / settled if settled else None,
+            "untracked": drop_off.untracked,
+            "still_waiting": [
+                {"after_s": after_s, "share": share}
+                for after_s, share in drop_off.still_waiting()
+            ],
+            "by_place": [
+                {
+                    "first": first,
+                    "last": last,
+                    "settled": count,
+                    "abandoned": gone,
+                    "abandoned_share": gone / count if count else None,
+                }
+                for first, last, count, gone in drop_off.by_place()
+            ],
+        },
+    }
 
 
 def _allowed(methods: str) -> Response:

@@ -67,6 +67,9 @@ def add_admin_commands(commands: Any, add_config_flags: Any, load: Any) -> None:
         ("open", "closed", False, "reopen a closed room"),
     ):
         action(name, text).set_defaults(run=_patcher(key, value))
+    action("stats", "waits, no-shows and who gave up, as tables").set_defaults(
+        run=_stats
+    )
     bypass = action("bypass", "mint an invite link that skips the line")
     bypass.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
     bypass.set_defaults(run=_bypass)
@@ -140,14 +143,18 @@ def _rooms(args: argparse.Namespace) -> int:
     for room in data["rooms"]:
         values = {**room, **room.get("live", {})}
         rows.append([str(values.get(key, "-")) for _, key in _TABLE])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE))]
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
             "  ".join(
                 cell.ljust(width) for cell, width in zip(row, widths, strict=True)
             ).rstrip()
         )
-    return 0
 
 
 def _print_room(args: argparse.Namespace, room: dict[str, Any]) -> None:
@@ -201,3 +208,51 @@ def _bypass(args: argparse.Namespace) -> int:
         print(f"link: {data['path']}")
         print(f"expires: {data['expires']}")
     return 0
+
+
+@_guarded
+def _stats(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", f"/admin/v1/rooms/{args.room}/stats")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    wait = data["wait_at_admission"]
+    drop = data["drop_off"]
+    print(f"room: {data['room']} ({data['state']})")
+    print(
+        f"joins: {data['joins']}  waiting: {data['waiting']}  "
+        f"admitted: {data['admitted']}  claimed: {data['claimed']}  "
+        f"no-shows: {_percent(data['noshow_ratio'])}"
+    )
+    mean = wait["mean_s"]
+    print(f"mean wait at admission: {'-' if mean is None else f'{mean:.0f} s'}")
+    print(
+        f"reached the front: {drop['settled']}  had given up: {drop['abandoned']} "
+        f"({_percent(drop['abandoned_share'])})  untracked: {drop['untracked']}"
+    )
+    print()
+    rows = [["still waiting after", "share"]]
+    for point in drop["still_waiting"]:
+        rows.append([f"{point['after_s'] // 60} min", _percent(point["share"])])
+    _print_table(rows)
+    print()
+    rows = [["place in line", "reached front", "had given up", "share"]]
+    for bucket in drop["by_place"]:
+        last = bucket["last"]
+        span = (
+            f"{bucket['first']:,}+" if last is None else f"{bucket['first']:,}-{last:,}"
+        )
+        rows.append(
+            [
+                span,
+                str(bucket["settled"]),
+                str(bucket["abandoned"]),
+                _percent(bucket["abandoned_share"]),
+            ]
+        )
+    _print_table(rows)
+    return 0
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f} %"

@@ -29,7 +29,9 @@ from wr.tokens import Claims, TokenError, Tokens, new_session_id
 
 __all__ = ["ACCESS_COOKIE", "QUEUE_COOKIE", "App"]
 
-log = logging.getLogger("wr.access")
+log = logging.getLogger("wr.server")
+# The access log (``server.access_log``): one line per request.
+access_log = logging.getLogger("wr.access")
 
 QUEUE_COOKIE = "wr_queue"
 ACCESS_COOKIE = "wr_access"
@@ -82,13 +84,14 @@ class App:
         self._rand = rand
         self._ready = ready
         self._secure = "; Secure" if config.http.secure_cookies else ""
+        self._count = config.metrics.enabled
+        self._access_log = config.server.access_log
         self._routes: dict[
             str, tuple[str, tuple[str, ...], Callable[[Request], Response]]
         ] = {
             "/api/v1/verify": ("verify", _GET, self.verify),
             "/healthz": ("healthz", _GET, self.healthz),
             "/readyz": ("readyz", _GET, self.readyz),
-            "/metrics": ("metrics", _GET, self.metrics_page),
             "/inside": ("inside", _GET, self.inside),
             "/": (
                 "static",
@@ -96,6 +99,8 @@ class App:
                 lambda request: self.static_file(request, "index.html"),
             ),
         }
+        if config.metrics.enabled and config.metrics.listener == "public":
+            self._routes["/metrics"] = ("metrics", _GET, self.metrics_page)
         self._room_routes: dict[
             str, tuple[tuple[str, ...], Callable[[Request, Room], Response]]
         ] = {
@@ -109,9 +114,14 @@ class App:
     # Dispatch.
 
     def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        route, response = self._dispatch(request)
-        self.metrics.observe(route, response.status, time.perf_counter() - started)
+        if self._count:
+            started = time.perf_counter()
+            route, response = self._dispatch(request)
+            self.metrics.observe(route, response.status, time.perf_counter() - started)
+        else:
+            route, response = self._dispatch(request)
+        if self._access_log:
+            _log_access(request, response, self._clock())
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request method=%s path=%s status=%s",
@@ -188,6 +198,7 @@ class App:
             return _error(
                 503, "try_again", "too many arrivals at once", ("retry-after", "1")
             )
+        room.check_in(position, now, now)
         eta = room.eta_s(position)
         room.last_eta = -1 if eta is None else eta
         token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
@@ -207,6 +218,7 @@ class App:
         return self._place(room, claims, token, now)
 
     def _place(self, room: Room, claims: Claims, token: str, now: float) -> Response:
+        room.check_in(claims.pos, claims.iat, now)
         if not room.is_admitted(claims.pos):
             eta = room.eta_s(claims.pos)
             return self._waiting(room, claims.pos, token, eta, set_cookie=False)
@@ -318,7 +330,7 @@ class App:
             200,
             {
                 "room": room.name,
-                "state": _public_state(room),
+                "state": room.state(),
                 "opens_at": room.config.opens_at,
                 "waiting": room.waiting,
                 "prequeue_size": draw.size if draw else 0,
@@ -389,12 +401,19 @@ class App:
         return Response(302, headers=[("location", "/"), _NO_STORE], content_type=None)
 
 
-def _public_state(room: Room) -> str:
-    phase = room.phase()
-    max_queue = room.config.max_queue
-    if phase == "waiting" and max_queue is not None and room.waiting >= max_queue:
-        return "full"
-    return phase
+def _log_access(request: Request, response: Response, now: float) -> None:
+    # Common Log Format. The query is left out: bypass links carry a token.
+    when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now))
+    access_log.info(
+        '%s - - [%s] "%s %s HTTP/%s" %s %s',
+        request.peer,
+        when,
+        request.method,
+        request.path,
+        request.http_version,
+        response.status,
+        len(response.body) if response.body else "-",
+    )
 
 
 def _session_ttl_s(room: RoomConfig, default_s: int) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HttpConfig",
+    "MetricsConfig",
     "RoomConfig",
     "ServerConfig",
     "TokensConfig",
@@ -93,6 +94,9 @@ class ServerConfig:
     # A worker whose heartbeat is older than this is stuck: it is killed.
     heartbeat_timeout_s: float = 10.0
     log_level: str = "info"
+    # One line per request on the wr.access logger, in the Common Log Format
+    # (paths without their query, which may carry a token).
+    access_log: bool = False
 
     def check(self, key: str) -> None:
         _require(
@@ -180,6 +184,25 @@ class AdminConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics at ``/metrics``."""
+
+    # False: no /metrics, and nothing counted per request; the bench runs
+    # both ways to show what metrics cost.
+    enabled: bool = True
+    # Where /metrics answers: "public" (the public port, no token) or
+    # "admin" (the admin listener, with the admin bearer token).
+    listener: str = "public"
+
+    def check(self, key: str) -> None:
+        _require(
+            self.listener in ("public", "admin"),
+            f"{key}.listener",
+            f"must be 'public' or 'admin', got {self.listener!r}",
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomConfig:
     name: str = "default"
     rate_per_minute: float = 5000.0
@@ -249,6 +272,7 @@ class Config:
     tokens: TokensConfig
     admin: AdminConfig
     rooms: Mapping[str, RoomConfig]
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -265,6 +289,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "tokens": TokensConfig,
     "admin": AdminConfig,
+    "metrics": MetricsConfig,
 }
 
 # Variables that sit between the file and the flags (DESIGN.md).

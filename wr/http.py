@@ -76,6 +76,8 @@ class Request:
     body: bytes = b""
     http_version: str = "1.1"
     keep_alive: bool = True
+    # The client's address, for the access log.
+    peer: str = "-"
 
     def header(self, name: bytes) -> bytes | None:
         return self.headers.get(name)
@@ -201,6 +203,8 @@ class HttpConnection:
         self._parser = httptools.HttpRequestParser(self)
         self._out: list[bytes] = []
         self.closing = False
+        # The client's address, handed to each request.
+        self.peer = "-"
         # Set when the server drains: the current response is the last.
         self.draining = False
         # Whether the connection is between a request's first byte and its end.
@@ -376,6 +380,7 @@ class HttpConnection:
             body=b"".join(self._body),
             http_version=parser.get_http_version(),
             keep_alive=keep_alive,
+            peer=self.peer,
         )
         try:
             response = self._handler(request)
@@ -450,6 +455,9 @@ class HttpProtocol(asyncio.Protocol):
         transport = typing.cast(asyncio.Transport, transport)
         self._transport = transport
         limits = self._state.limits
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._conn.peer = str(peer[0])
 
         # Over the limit, a quick answer is kinder than a hang and costs less.
         if len(self._state.connections) >= limits.max_connections:

@@ -16,6 +16,7 @@ adds up across workers and restarts of workers.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import time
@@ -35,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from wr import __version__
 from wr.room import Room
-from wr.shm import WAIT_BUCKETS_S, MetricsBlob, SharedBlock
+from wr.shm import ABANDON_AFTER_S, WAIT_BUCKETS_S, MetricsBlob, SharedBlock
 
 __all__ = [
     "CONTENT_TYPE",
@@ -67,7 +68,7 @@ LATENCY_BUCKETS_S = (
     0.25,
     1.0,
 )
-ROOM_STATES = ("prequeue", "waiting", "paused", "closed")
+ROOM_STATES = ("prequeue", "waiting", "full", "paused", "closed")
 
 
 def empty_snapshot() -> dict[str, Any]:
@@ -324,7 +325,7 @@ class Metrics(Collector):
             }
             for key, value in values.items():
                 families[key].add_metric([name], value)
-            phase = room.phase()
+            phase = room.state()
             for candidate in ROOM_STATES:
                 state.add_metric([name, candidate], 1 if candidate == phase else 0)
             counts, total = room.wait_histogram()
@@ -338,3 +339,49 @@ class Metrics(Collector):
         yield from families.values()
         yield state
         yield wait
+        yield from self._drop_off()
+
+    def _drop_off(self) -> Iterator[Metric]:
+        reached = CounterMetricFamily(
+            "wr_room_reached_front",
+            "People whose turn came, by their place in line.",
+            labels=["room", "place"],
+        )
+        abandoned = CounterMetricFamily(
+            "wr_room_abandoned",
+            "People whose turn came after they had stopped checking in.",
+            labels=["room", "place"],
+        )
+        untracked = CounterMetricFamily(
+            "wr_room_dropoff_untracked",
+            "Turns not analysed for drop-off (ring overrun or a burst).",
+            labels=["room"],
+        )
+        waited = HistogramMetricFamily(
+            "wr_room_abandoned_after_seconds",
+            "How long people who gave up had waited.",
+            labels=["room"],
+        )
+        still = GaugeMetricFamily(
+            "wr_room_still_waiting_ratio",
+            "Share of people whose turn came who were still in line after a wait.",
+            labels=["room", "after_seconds"],
+        )
+        for name, room in sorted(self.rooms.items()):
+            figures = room.drop_off()
+            for first, last, count, gone in figures.by_place():
+                place = f"{first}-{last}" if last is not None else f"{first}+"
+                reached.add_metric([name, place], count)
+                abandoned.add_metric([name, place], gone)
+            untracked.add_metric([name], figures.untracked)
+            bounds = [*map(str, ABANDON_AFTER_S), "+Inf"]
+            cumulative = itertools.accumulate(figures.abandoned_by_wait)
+            waited.add_metric(
+                [name],
+                [(b, float(c)) for b, c in zip(bounds, cumulative, strict=True)],
+                sum_value=figures.abandoned_wait_s,
+            )
+            for after_s, share in figures.still_waiting():
+                if share is not None:
+                    still.add_metric([name, str(after_s)], share)
+        yield from (reached, abandoned, untracked, waited, still)

@@ -13,22 +13,29 @@ import bisect
 import ctypes
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from wr.config import RoomConfig
 from wr.draw import Draw, Prequeue
 from wr.shm import (
+    ABANDON_AFTER_S,
     BYPASS_WINDOW,
     INSIDE_BUCKET_S,
     INSIDE_BUCKETS,
+    PLACE_BUCKETS,
+    SEEN_UNIT_S,
+    SEEN_WINDOW,
     WAIT_BUCKETS_S,
     RoomSlot,
 )
 
 __all__ = [
     "CLAIM_WINDOW",
+    "GONE_AFTER_S",
     "MAX_TICK_GAP_S",
     "TICK_INTERVAL_S",
     "UNLIMITED",
+    "DropOff",
     "Room",
     "Ticker",
     "next_poll_s",
@@ -62,6 +69,14 @@ FAR_POLL_S = 60.0
 POLLS_PER_WAIT = 4.0
 # Spread polls so that people who joined together do not poll together.
 POLL_JITTER = 0.2
+
+# Someone whose turn comes after this long without a check-in had gone:
+# three of the longest poll intervals the server asks for.
+GONE_AFTER_S = 3 * FAR_POLL_S * (1 + POLL_JITTER)
+# The ticker settles at most this many positions a tick (a passthrough
+# burst); the rest count as untracked.
+SETTLE_MAX = 50_000
+_UNITS = 1 << 16
 
 
 def next_poll_s(eta_s: int | None, rand: Callable[[], float]) -> float:
@@ -97,6 +112,9 @@ class Room:
         self._inside = slot.inside
         self._claimed_at = slot.claimed_at
         self._bypass_leaves = slot.bypass_leaves
+        self._joined_units = slot.joined_units
+        self._seen_units = slot.seen_units
+        self._seen_laps = slot.seen_laps
         self._prequeue: Prequeue | None = None
         # Admissions earned by the rate but not yet whole (carried between
         # ticks); only the ticker's process uses it.
@@ -200,6 +218,14 @@ class Room:
         if self.config.paused:
             return "paused"
         return "waiting"
+
+    def state(self) -> str:
+        """The room's state as people in line see it: a phase, or ``full``."""
+        phase = self.phase()
+        max_queue = self.config.max_queue
+        if phase == "waiting" and max_queue is not None and self.waiting >= max_queue:
+            return "full"
+        return phase
 
     def active(self, now: float, session_s: float) -> int:
         """People inside (capacity mode): claimed within the session, not left."""
@@ -321,12 +347,26 @@ class Room:
     def reset_credit(self) -> None:
         self._credit = 0.0
 
-    def admit(self, count: int) -> None:
-        """Raise ``serving`` by ``count`` (the ticker's process only)."""
+    def admit(self, count: int, now: float | None = None) -> None:
+        """Raise ``serving`` by ``count`` (the ticker's process only).
+
+        With ``now`` (wall-clock seconds), the people let in are settled
+        for the drop-off figures (:meth:`settle`).
+        """
         if count <= 0:
             return
         serving = self.serving
         target = self.serving_after(count)
+        if now is not None:
+            first = serving + 1
+            for skip_first, skip_end in self._skips:
+                if skip_first > target:
+                    break
+                if skip_first > first:
+                    self.settle(first, skip_first - 1, now)
+                first = max(first, skip_end)
+            if first <= target:
+                self.settle(first, target, now)
         self._skips = [skip for skip in self._skips if skip[1] - 1 > target]
         self._publish_skip()
         self._forget_claims(serving + 1, target)
@@ -469,6 +509,62 @@ class Room:
             self._inside[int(admitted_at) // INSIDE_BUCKET_S % INSIDE_BUCKETS] -= 1
         return True
 
+    # Drop-off: who stopped waiting, after how long, from where.
+
+    def check_in(self, position: int, joined_at: float, now: float) -> None:
+        """The holder of ``position`` (joined at ``joined_at``) is still here.
+
+        Called on every join and status; three stores, no lock: only the
+        holder of a position writes its slot.
+        """
+        slot = position % SEEN_WINDOW
+        self._joined_units[slot] = int(joined_at) // SEEN_UNIT_S % _UNITS
+        self._seen_units[slot] = int(now) // SEEN_UNIT_S % _UNITS
+        self._seen_laps[slot] = (position // SEEN_WINDOW + 1) % _UNITS
+
+    def settle(self, first: int, last: int, now: float) -> None:
+        """Count who had gone among the ranks ``first..last`` just let in.
+
+        The ticker calls this after each admission. Whoever had not checked
+        in for :data:`GONE_AFTER_S` had given up, after the wait from their
+        join to their last check-in; the others were still there.
+        """
+        counters = self._counters
+        if last - first + 1 > SETTLE_MAX:
+            counters.untracked += last - first + 1 - SETTLE_MAX
+            first = last - SETTLE_MAX + 1
+        prequeue = self.prequeue
+        units_now = int(now) // SEEN_UNIT_S
+        gone_units = GONE_AFTER_S / SEEN_UNIT_S
+        for rank in range(max(1, first), last + 1):
+            position = rank if prequeue is None else prequeue.position(rank)
+            slot = position % SEEN_WINDOW
+            if self._seen_laps[slot] != (position // SEEN_WINDOW + 1) % _UNITS:
+                counters.untracked += 1
+                continue
+            seen = self._seen_units[slot]
+            place = bisect.bisect_left(PLACE_BUCKETS, rank)
+            counters.settled += 1
+            counters.settled_by_place[place] += 1
+            if (units_now - seen) % _UNITS > gone_units:
+                waited_s = (seen - self._joined_units[slot]) % _UNITS * SEEN_UNIT_S
+                counters.abandoned_by_wait[
+                    bisect.bisect_right(ABANDON_AFTER_S, waited_s)
+                ] += 1
+                counters.abandoned_wait_sum += waited_s
+                counters.abandoned_by_place[place] += 1
+
+    def drop_off(self) -> DropOff:
+        counters = self._counters
+        return DropOff(
+            settled=int(counters.settled),
+            untracked=int(counters.untracked),
+            abandoned_by_wait=tuple(counters.abandoned_by_wait),
+            abandoned_wait_s=float(counters.abandoned_wait_sum),
+            settled_by_place=tuple(counters.settled_by_place),
+            abandoned_by_place=tuple(counters.abandoned_by_place),
+        )
+
     def _set_bit(self, ring: memoryview, position: int) -> bool:
         # Bits are kept by admission rank, the order serving follows.
         rank = self.rank(position)
@@ -497,6 +593,53 @@ class Room:
                 _clear_bit(self._claims, slot)
                 _clear_bit(self._leaves, slot)
                 self._claimed_at[slot] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DropOff:
+    """Who gave up, of the people whose turn came: the product team's figures.
+
+    ``abandoned_by_wait[i]`` counts those who gave up after waiting less
+    than ``ABANDON_AFTER_S[i]`` (the last: longer); ``*_by_place[i]`` count
+    people whose place in line was at most ``PLACE_BUCKETS[i]`` (the last:
+    further back).
+    """
+
+    settled: int
+    untracked: int
+    abandoned_by_wait: tuple[int, ...]
+    # The waits of those who gave up, added up (to SEEN_UNIT_S).
+    abandoned_wait_s: float
+    settled_by_place: tuple[int, ...]
+    abandoned_by_place: tuple[int, ...]
+
+    @property
+    def abandoned(self) -> int:
+        return sum(self.abandoned_by_wait)
+
+    def still_waiting(self) -> list[tuple[int, float | None]]:
+        """Share of people still in line after each of ``ABANDON_AFTER_S``."""
+        curve: list[tuple[int, float | None]] = []
+        gone = 0
+        for after_s, count in zip(
+            ABANDON_AFTER_S, self.abandoned_by_wait, strict=False
+        ):
+            gone += count
+            share = None if not self.settled else 1.0 - gone / self.settled
+            curve.append((after_s, share))
+        return curve
+
+    def by_place(self) -> list[tuple[int, int | None, int, int]]:
+        """``(first, last, settled, abandoned)`` per place bucket (last None: on)."""
+        rows = []
+        first = 1
+        bounds: list[int | None] = [*PLACE_BUCKETS, None]
+        for bound, settled, abandoned in zip(
+            bounds, self.settled_by_place, self.abandoned_by_place, strict=True
+        ):
+            rows.append((first, bound, settled, abandoned))
+            first = (bound or 0) + 1
+        return rows
 
 
 def _clear_bit(ring: memoryview, slot: int) -> None:

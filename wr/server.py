@@ -106,7 +106,12 @@ class Worker:
 
     def _admin(self, config: Config, tokens: Tokens) -> AdminApp:
         return AdminApp(
-            config, lambda: self.rooms, tokens, self.block, admin_token(config)
+            config,
+            lambda: self.rooms,
+            tokens,
+            self.block,
+            admin_token(config),
+            metrics=self.metrics if config.metrics.enabled else None,
         )
 
     # Building and rebuilding.

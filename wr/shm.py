@@ -34,10 +34,14 @@ from types import TracebackType
 from wr.draw import MAX_GAPS
 
 __all__ = [
+    "ABANDON_AFTER_S",
     "BYPASS_WINDOW",
     "CLAIMED_AT_TYPE",
     "MAX_ROOMS",
     "MAX_WORKERS",
+    "PLACE_BUCKETS",
+    "SEEN_UNIT_S",
+    "SEEN_WINDOW",
     "RobustMutex",
     "RoomSlot",
     "SharedBlock",
@@ -47,7 +51,8 @@ __all__ = [
 log = logging.getLogger("wr.supervisor")
 
 # Rooms that can exist at once, including ones added by a reload; a slot
-# costs 128 KiB of address space, touched only when the room is used.
+# costs about 9 MiB of address space (RoomSlot), touched only as the room
+# is used.
 MAX_ROOMS = 64
 # Worker processes; far more than the cores of any host wr runs on.
 MAX_WORKERS = 256
@@ -77,6 +82,16 @@ INSIDE_BUCKETS = 24 * 3600 // INSIDE_BUCKET_S
 CLAIMED_AT_TYPE = ctypes.c_uint16
 # Bypass admissions whose leave is remembered: the last 64 Ki of them.
 BYPASS_WINDOW = 1 << 16
+# Drop-off analysis (wr.room): for each of the last 2**20 positions, when
+# its holder joined and last checked in, in units of SEEN_UNIT_S modulo
+# 2**16 (three days), and which lap of the ring the slot belongs to: six
+# bytes a position, 6 MiB per room.
+SEEN_WINDOW = 1 << 20
+SEEN_UNIT_S = 4
+# Gone after waiting less than 1, 2, 5, 10, 20, 30 minutes, or longer.
+ABANDON_AFTER_S = (60, 120, 300, 600, 1200, 1800)
+# Places in line, in buckets: up to 100, 1,000, ... 1,000,000, or further.
+PLACE_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
@@ -133,6 +148,15 @@ class RoomCounters(ctypes.Structure):
         ("noshow_ratio", ctypes.c_double),
         ("wait_buckets", ctypes.c_int64 * (len(WAIT_BUCKETS_S) + 1)),
         ("wait_sum", ctypes.c_double),
+        # Drop-off: people who reached the front (settled) and those of them
+        # who had stopped checking in (abandoned), by how long they had
+        # waited and by their place in line; positions no slot remembered.
+        ("settled", ctypes.c_int64),
+        ("abandoned_by_wait", ctypes.c_int64 * (len(ABANDON_AFTER_S) + 1)),
+        ("abandoned_wait_sum", ctypes.c_double),
+        ("settled_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
+        ("abandoned_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
+        ("untracked", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 
@@ -241,7 +265,9 @@ class RoomSlot:
     After the counters come, by admission rank: the ring of claim bits, the
     ring of leave bits (one bit per position each) and when each claim was
     made (:data:`CLAIMED_AT_TYPE`, see :mod:`wr.room`); then the people
-    inside per time bucket, and the leave bits of bypass admissions.
+    inside per time bucket, the leave bits of bypass admissions, and by
+    position the drop-off rings (when each person joined and last checked
+    in, see :mod:`wr.room`).
     """
 
     def __init__(self, block: mmap.mmap, offset: int, claim_bytes: int) -> None:
@@ -259,6 +285,11 @@ class RoomSlot:
         )
         bypass_at = claimed_at + ctypes.sizeof(self.claimed_at)
         self.bypass_leaves = view[bypass_at : bypass_at + BYPASS_WINDOW // 8]
+        seen_at = bypass_at + BYPASS_WINDOW // 8
+        ring = ctypes.c_uint16 * SEEN_WINDOW
+        self.joined_units = ring.from_buffer(block, seen_at)
+        self.seen_units = ring.from_buffer(block, seen_at + 2 * SEEN_WINDOW)
+        self.seen_laps = ring.from_buffer(block, seen_at + 4 * SEEN_WINDOW)
 
     @staticmethod
     def size(claim_bytes: int) -> int:
@@ -268,6 +299,7 @@ class RoomSlot:
             + 8 * INSIDE_BUCKETS
             + ctypes.sizeof(CLAIMED_AT_TYPE) * 8 * claim_bytes
             + BYPASS_WINDOW // 8
+            + 3 * 2 * SEEN_WINDOW
         )
 
     @classmethod

@@ -187,8 +187,9 @@ class Steward:
                 len(prequeue.gaps) if prequeue else 0,
                 prequeue.draw.seed_hex if prequeue else "-",
             )
+        wall = self._wall()
         for room, count in plan.items():
-            room.admit(count)
+            room.admit(count, wall)
         for room, reserved in reservations.items():
             room.reserved = reserved
 
