@@ -148,3 +148,45 @@ def test_a_bypass_link_lets_its_holder_straight_in(server: WrServer) -> None:
         assert answer.status_code == 302
         assert answer.headers["location"] == "/inside"
         assert person.get("/api/v1/verify?room=default").status_code == 204
+
+
+def test_stats_show_who_reached_the_front_and_who_gave_up(server: WrServer) -> None:
+    people = [
+        httpx.post(f"{server.base}/api/v1/rooms/default/join").json() for _ in range(5)
+    ]
+    for person in people:
+        wait_for(
+            lambda p=person: states(server, p["queue_token"], asks=1) == {"admitted"},
+            10.0,
+            "admitted",
+        )
+    with admin(server) as client:
+        stats = wait_for(
+            lambda: (
+                (s := client.get("/admin/v1/rooms/default/stats").json())
+                and s["drop_off"]["settled"] >= 5
+                and s
+            ),
+            5.0,
+            "five people settled",
+        )
+        assert client.get("/admin/v1/rooms/nope/stats").status_code == 404
+    assert stats["claimed"] == 5
+    assert stats["wait_at_admission"]["count"] == 5
+    # Everyone polled until their turn came: nobody had given up.
+    assert stats["drop_off"]["abandoned"] == 0
+    assert [p["after_s"] for p in stats["drop_off"]["still_waiting"]] == [
+        60,
+        120,
+        300,
+        600,
+        1200,
+        1800,
+    ]
+    assert stats["drop_off"]["by_place"][0]["settled"] == 5
+
+    result = wr_admin(server, "stats", "default")
+    assert result.returncode == 0, result.stderr
+    assert "reached the front: 5" in result.stdout
+    assert "still waiting after" in result.stdout
+    assert "1-100" in result.stdout
