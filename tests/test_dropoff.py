@@ -9,12 +9,13 @@ start: the test knows exactly who had gone and after how long.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from wr.config import RoomConfig
-from wr.room import GONE_AFTER_S, DropOff, Room
-from wr.shm import ABANDON_AFTER_S, PLACE_BUCKETS, SEEN_WINDOW
+from wr.config import ConfigError, RoomConfig, load_config
+from wr.room import CLAIM_WINDOW, GONE_AFTER_S, UNLIMITED, DropOff, Room
+from wr.shm import ABANDON_AFTER_S, PLACE_BUCKETS, SEEN_WINDOW, RoomSlot
 
 T0 = 1_800_000_000.0
 POLL_S = 10
@@ -142,3 +143,31 @@ def test_positions_nobody_holds_are_not_counted_at_all() -> None:
 def test_no_figures_yet_give_no_shares() -> None:
     room = Room(RoomConfig(name="r"))
     assert all(share is None for _, share in room.drop_off().still_waiting())
+
+
+def test_the_window_is_set_by_config_and_bounds_what_is_tracked() -> None:
+    window = 1024
+    room = Room(
+        RoomConfig(name="r", rate_per_minute=60),
+        RoomSlot.private(CLAIM_WINDOW // 8, window),
+    )
+    room.restore(next_position=1, serving=0, claimed=0, admitted=0)
+    room.reserved = UNLIMITED
+    line = 3 * window
+    for _ in range(line):
+        position = room.join()
+        assert position is not None
+        room.check_in(position, T0, T0)
+    room.admit(line, T0 + 1)
+    figures = room.drop_off()
+    # Only the last lap of the ring still holds its people's check-ins.
+    assert (figures.settled, figures.untracked) == (window, line - window)
+    assert figures.abandoned == 0
+
+
+@pytest.mark.parametrize("value", [0, 1023, (1 << 26) + 1, "many"])
+def test_a_bad_window_is_refused_naming_the_key(value: object, tmp_path: Path) -> None:
+    path = tmp_path / "wr.toml"
+    path.write_text(f"[metrics]\ndropoff_positions = {value!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match=r"^metrics\.dropoff_positions: "):
+        load_config(path, env={})

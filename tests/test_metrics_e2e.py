@@ -9,6 +9,7 @@ is the independent tally the scrapes are checked against.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -199,3 +200,63 @@ def test_promtool_finds_nothing_to_complain_about(traffic: WrServer) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
     assert result.stderr.strip() == ""
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+METRIC_NAME = re.compile(r"\bwr_[a-z_]+\b")
+
+
+def example_expressions() -> dict[str, str]:
+    """Every PromQL expression of the Grafana dashboard and the alert rules."""
+    dashboard = json.loads((EXAMPLES / "grafana" / "wr-dashboard.json").read_text())
+    exprs = {
+        f"panel {panel['title']!r}": target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", ())
+    }
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs[f"variable {variable['name']}"] = variable["query"]
+    rules = (EXAMPLES / "prometheus" / "wr-alerts.yml").read_text()
+    for match in re.finditer(
+        r"- alert: (\w+)\n\s+expr: (.+?)\n\s+(?:for|labels):", rules, re.S
+    ):
+        exprs[f"alert {match[1]}"] = match[2]
+    return exprs
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_wr_exports(
+    traffic: WrServer,
+) -> None:
+    exported = wait_for(
+        lambda: (
+            (text := httpx.get(f"{traffic.base}/metrics").text)
+            and "wr_room_still_waiting_ratio{" in text
+            and text
+        ),
+        15.0,
+        "drop-off figures for the admitted",
+    )
+    names = {
+        m.split("{")[0].split(" ")[0] for m in exported.splitlines() if m[:3] == "wr_"
+    }
+    exprs = example_expressions()
+    assert len(exprs) > 25
+    for where, expr in exprs.items():
+        used = set(METRIC_NAME.findall(expr))
+        # Only the target-is-down alert rests on Prometheus's own `up`.
+        assert used or expr.startswith("up{"), f"{where} uses no wr metric"
+        assert used <= names, f"{where} uses {sorted(used - names)}"
+
+
+def test_promtool_accepts_the_example_config_and_rules() -> None:
+    binary = promtool()
+    folder = EXAMPLES / "prometheus"
+    for args in (
+        ["check", "config", "--syntax-only", str(folder / "prometheus.yml")],
+        ["check", "rules", str(folder / "wr-alerts.yml")],
+    ):
+        result = subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -58,6 +58,10 @@ rate_per_minute = 5000
 target_url = "/inside"
 """
 
+# 2**26 positions cost 384 MiB of shared memory per room in use; a line
+# longer than that is better analysed from a sample.
+MAX_DROPOFF_POSITIONS = 1 << 26
+
 ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 # Keys whose names are reserved by DESIGN.md for capabilities that later
@@ -193,12 +197,22 @@ class MetricsConfig:
     # Where /metrics answers: "public" (the public port, no token) or
     # "admin" (the admin listener, with the admin bearer token).
     listener: str = "public"
+    # Drop-off figures remember the check-ins of this many of the latest
+    # positions per room, at six bytes each (6 MiB per million, in shared
+    # memory, touched as positions are handed out). A person further back
+    # than this when their turn comes is counted as untracked.
+    dropoff_positions: int = 1 << 20
 
     def check(self, key: str) -> None:
         _require(
             self.listener in ("public", "admin"),
             f"{key}.listener",
             f"must be 'public' or 'admin', got {self.listener!r}",
+        )
+        _require(
+            1024 <= self.dropoff_positions <= MAX_DROPOFF_POSITIONS,
+            f"{key}.dropoff_positions",
+            f"must be 1024..{MAX_DROPOFF_POSITIONS}",
         )
 
 

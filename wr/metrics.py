@@ -71,17 +71,13 @@ LATENCY_BUCKETS_S = (
 ROOM_STATES = ("prequeue", "waiting", "full", "paused", "closed")
 
 
-def empty_snapshot() -> dict[str, Any]:
-    return {"requests": [], "bad": [], "tokens": [], "latency": {}, "connections": 0}
-
-
 def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Add up the counters of several processes."""
     requests: Counter[tuple[str, int]] = Counter()
     bad: Counter[tuple[int, str]] = Counter()
     tokens: Counter[tuple[str, str]] = Counter()
     latency: dict[str, list[float]] = {}
-    connections = 0
+    connections = connections_max = 0
     for snapshot in snapshots:
         for route, code, value in snapshot.get("requests", ()):
             requests[route, code] += value
@@ -94,12 +90,14 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             for i, value in enumerate(values):
                 total[i] += value
         connections += snapshot.get("connections", 0)
+        connections_max += snapshot.get("connections_max", 0)
     return {
         "requests": [[r, c, v] for (r, c), v in requests.items()],
         "bad": [[c, r, v] for (c, r), v in bad.items()],
         "tokens": [[k, r, v] for (k, r), v in tokens.items()],
         "latency": latency,
         "connections": connections,
+        "connections_max": connections_max,
     }
 
 
@@ -113,12 +111,14 @@ class Metrics(Collector):
         block: SharedBlock | None = None,
         index: int | None = None,
         connections: Callable[[], int] = lambda: 0,
+        connection_limit: int = 0,
         session_s: float = 3600.0,
     ) -> None:
         self.rooms = rooms
         self.block = block
         self.index = index
         self.connections = connections
+        self.connection_limit = connection_limit
         self.session_s = session_s
         self.requests: Counter[tuple[str, int]] = Counter()
         self.http_rejected: Counter[tuple[int, str]] = Counter()
@@ -153,6 +153,7 @@ class Metrics(Collector):
             "tokens": [[k, r, v] for (k, r), v in self.tokens_rejected.items()],
             "latency": self.latency,
             "connections": self.connections(),
+            "connections_max": self.connection_limit,
         }
 
     def publish(self) -> None:
@@ -220,6 +221,11 @@ class Metrics(Collector):
             "wr_http_connections_open",
             "Client connections open, all workers.",
             value=totals["connections"],
+        )
+        yield GaugeMetricFamily(
+            "wr_http_connections_max",
+            "Client connections the live workers accept before answering 503.",
+            value=totals["connections_max"],
         )
 
         rejected = CounterMetricFamily(

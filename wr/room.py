@@ -24,7 +24,6 @@ from wr.shm import (
     INSIDE_BUCKETS,
     PLACE_BUCKETS,
     SEEN_UNIT_S,
-    SEEN_WINDOW,
     WAIT_BUCKETS_S,
     RoomSlot,
 )
@@ -115,6 +114,7 @@ class Room:
         self._joined_units = slot.joined_units
         self._seen_units = slot.seen_units
         self._seen_laps = slot.seen_laps
+        self._seen_window = slot.seen_window
         self._prequeue: Prequeue | None = None
         # Admissions earned by the rate but not yet whole (carried between
         # ticks); only the ticker's process uses it.
@@ -517,10 +517,11 @@ class Room:
         Called on every join and status; three stores, no lock: only the
         holder of a position writes its slot.
         """
-        slot = position % SEEN_WINDOW
+        window = self._seen_window
+        slot = position % window
         self._joined_units[slot] = int(joined_at) // SEEN_UNIT_S % _UNITS
         self._seen_units[slot] = int(now) // SEEN_UNIT_S % _UNITS
-        self._seen_laps[slot] = (position // SEEN_WINDOW + 1) % _UNITS
+        self._seen_laps[slot] = (position // window + 1) % _UNITS
 
     def settle(self, first: int, last: int, now: float) -> None:
         """Count who had gone among the ranks ``first..last`` just let in.
@@ -536,10 +537,11 @@ class Room:
         prequeue = self.prequeue
         units_now = int(now) // SEEN_UNIT_S
         gone_units = GONE_AFTER_S / SEEN_UNIT_S
+        window = self._seen_window
         for rank in range(max(1, first), last + 1):
             position = rank if prequeue is None else prequeue.position(rank)
-            slot = position % SEEN_WINDOW
-            if self._seen_laps[slot] != (position // SEEN_WINDOW + 1) % _UNITS:
+            slot = position % window
+            if self._seen_laps[slot] != (position // window + 1) % _UNITS:
                 counters.untracked += 1
                 continue
             seen = self._seen_units[slot]

@@ -75,6 +75,7 @@ class Worker:
             block=block,
             index=index,
             connections=lambda: len(self.http.connections),
+            connection_limit=config.http.max_connections,
             session_s=config.tokens.access_ttl_s,
         )
         tokens = self._tokens(config)
@@ -162,6 +163,7 @@ class Worker:
         self.config = config
         self.app = app
         self.http.limits = config.http
+        self.metrics.connection_limit = config.http.max_connections
         log.info("reloaded rooms=%s kid=%s", ",".join(self.rooms), tokens.ring.active)
 
     # Running.

@@ -51,8 +51,8 @@ __all__ = [
 log = logging.getLogger("wr.supervisor")
 
 # Rooms that can exist at once, including ones added by a reload; a slot
-# costs about 9 MiB of address space (RoomSlot), touched only as the room
-# is used.
+# costs about 9 MiB of address space (RoomSlot, with the default drop-off
+# window), touched only as the room is used.
 MAX_ROOMS = 64
 # Worker processes; far more than the cores of any host wr runs on.
 MAX_WORKERS = 256
@@ -82,10 +82,11 @@ INSIDE_BUCKETS = 24 * 3600 // INSIDE_BUCKET_S
 CLAIMED_AT_TYPE = ctypes.c_uint16
 # Bypass admissions whose leave is remembered: the last 64 Ki of them.
 BYPASS_WINDOW = 1 << 16
-# Drop-off analysis (wr.room): for each of the last 2**20 positions, when
-# its holder joined and last checked in, in units of SEEN_UNIT_S modulo
-# 2**16 (three days), and which lap of the ring the slot belongs to: six
-# bytes a position, 6 MiB per room.
+# Drop-off analysis (wr.room): for each of the last SEEN_WINDOW positions
+# (metrics.dropoff_positions), when its holder joined and last checked in,
+# in units of SEEN_UNIT_S modulo 2**16 (three days), and which lap of the
+# ring the slot belongs to: six bytes a position, 6 MiB per room and
+# million positions, touched only as positions are handed out.
 SEEN_WINDOW = 1 << 20
 SEEN_UNIT_S = 4
 # Gone after waiting less than 1, 2, 5, 10, 20, 30 minutes, or longer.
@@ -270,7 +271,14 @@ class RoomSlot:
     in, see :mod:`wr.room`).
     """
 
-    def __init__(self, block: mmap.mmap, offset: int, claim_bytes: int) -> None:
+    def __init__(
+        self,
+        block: mmap.mmap,
+        offset: int,
+        claim_bytes: int,
+        seen_window: int = SEEN_WINDOW,
+    ) -> None:
+        self.seen_window = seen_window
         self.counters = RoomCounters.from_buffer(block, offset)
         self.lock = RobustMutex(ctypes.addressof(self.counters))
         view = memoryview(block)
@@ -286,26 +294,27 @@ class RoomSlot:
         bypass_at = claimed_at + ctypes.sizeof(self.claimed_at)
         self.bypass_leaves = view[bypass_at : bypass_at + BYPASS_WINDOW // 8]
         seen_at = bypass_at + BYPASS_WINDOW // 8
-        ring = ctypes.c_uint16 * SEEN_WINDOW
+        ring = ctypes.c_uint16 * seen_window
         self.joined_units = ring.from_buffer(block, seen_at)
-        self.seen_units = ring.from_buffer(block, seen_at + 2 * SEEN_WINDOW)
-        self.seen_laps = ring.from_buffer(block, seen_at + 4 * SEEN_WINDOW)
+        self.seen_units = ring.from_buffer(block, seen_at + 2 * seen_window)
+        self.seen_laps = ring.from_buffer(block, seen_at + 4 * seen_window)
 
     @staticmethod
-    def size(claim_bytes: int) -> int:
+    def size(claim_bytes: int, seen_window: int = SEEN_WINDOW) -> int:
         counters = ctypes.sizeof(RoomCounters)
         return (
             _aligned(counters + 2 * claim_bytes, 8)
             + 8 * INSIDE_BUCKETS
             + ctypes.sizeof(CLAIMED_AT_TYPE) * 8 * claim_bytes
             + BYPASS_WINDOW // 8
-            + 3 * 2 * SEEN_WINDOW
+            + 3 * 2 * seen_window
         )
 
     @classmethod
-    def private(cls, claim_bytes: int) -> RoomSlot:
+    def private(cls, claim_bytes: int, seen_window: int = SEEN_WINDOW) -> RoomSlot:
         """A slot of its own, for one process (tests, tools)."""
-        slot = cls(mmap.mmap(-1, cls.size(claim_bytes)), 0, claim_bytes)
+        size = cls.size(claim_bytes, seen_window)
+        slot = cls(mmap.mmap(-1, size), 0, claim_bytes, seen_window)
         slot.lock.init()
         return slot
 
@@ -317,11 +326,11 @@ def _aligned(size: int, to: int = 64) -> int:
 class SharedBlock:
     """The block: worker slots, then room slots, each with its claim bits."""
 
-    def __init__(self, claim_bytes: int) -> None:
+    def __init__(self, claim_bytes: int, seen_window: int = SEEN_WINDOW) -> None:
         self.claim_bytes = claim_bytes
         header = _aligned(ctypes.sizeof(BlockHeader))
         self._worker_bytes = header + _aligned(ctypes.sizeof(WorkerSlot) * MAX_WORKERS)
-        self._room_bytes = _aligned(RoomSlot.size(claim_bytes))
+        self._room_bytes = _aligned(RoomSlot.size(claim_bytes, seen_window))
         size = self._worker_bytes + self._room_bytes * MAX_ROOMS
         # mmap(-1) is anonymous and MAP_SHARED: children see our writes.
         self._block = mmap.mmap(-1, size)
@@ -331,7 +340,10 @@ class SharedBlock:
         self.workers = (WorkerSlot * MAX_WORKERS).from_buffer(self._block, header)
         self.rooms = [
             RoomSlot(
-                self._block, self._worker_bytes + i * self._room_bytes, claim_bytes
+                self._block,
+                self._worker_bytes + i * self._room_bytes,
+                claim_bytes,
+                seen_window,
             )
             for i in range(MAX_ROOMS)
         ]

@@ -99,7 +99,9 @@ class Supervisor:
             KeyRing.load_or_create(state_dir)
             if self.config.admin.enabled:
                 admin_token(self.config, create=True)
-            self.block = SharedBlock(CLAIM_WINDOW // 8)
+            self.block = SharedBlock(
+                CLAIM_WINDOW // 8, self.config.metrics.dropoff_positions
+            )
             self.overrides = OverridesStore(state_dir)
             self.steward = Steward(
                 effective_rooms(self.config, self.overrides.load()),
@@ -287,7 +289,7 @@ class Supervisor:
             before = retired.read()
             snapshots = [orjson.loads(raw)] + ([orjson.loads(before)] if before else [])
             merged = merge_snapshots(snapshots)
-            merged["connections"] = 0
+            merged["connections"] = merged["connections_max"] = 0
             retired.write(orjson.dumps(merged))
         slot.metrics.clear()
 
