@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -154,22 +156,19 @@ def test_stats_show_who_reached_the_front_and_who_gave_up(server: WrServer) -> N
     people = [
         httpx.post(f"{server.base}/api/v1/rooms/default/join").json() for _ in range(5)
     ]
+
+    def admitted(token: str) -> bool:
+        return states(server, token, asks=1) == {"admitted"}
+
     for person in people:
-        wait_for(
-            lambda p=person: states(server, p["queue_token"], asks=1) == {"admitted"},
-            10.0,
-            "admitted",
-        )
+        wait_for(partial(admitted, str(person["queue_token"])), 10.0, "admitted")
     with admin(server) as client:
-        stats = wait_for(
-            lambda: (
-                (s := client.get("/admin/v1/rooms/default/stats").json())
-                and s["drop_off"]["settled"] >= 5
-                and s
-            ),
-            5.0,
-            "five people settled",
-        )
+
+        def settled() -> dict[str, Any] | None:
+            stats: dict[str, Any] = client.get("/admin/v1/rooms/default/stats").json()
+            return stats if stats["drop_off"]["settled"] >= 5 else None
+
+        stats = wait_for(settled, 5.0, "five people settled")
         assert client.get("/admin/v1/rooms/nope/stats").status_code == 404
     assert stats["claimed"] == 5
     assert stats["wait_at_admission"]["count"] == 5

@@ -228,15 +228,12 @@ def example_expressions() -> dict[str, str]:
 def test_the_dashboard_and_alerts_use_only_metrics_wr_exports(
     traffic: WrServer,
 ) -> None:
-    exported = wait_for(
-        lambda: (
-            (text := httpx.get(f"{traffic.base}/metrics").text)
-            and "wr_room_still_waiting_ratio{" in text
-            and text
-        ),
-        15.0,
-        "drop-off figures for the admitted",
-    )
+
+    def with_drop_off() -> str | None:
+        text = httpx.get(f"{traffic.base}/metrics").text
+        return text if "wr_room_still_waiting_ratio{" in text else None
+
+    exported = wait_for(with_drop_off, 15.0, "drop-off figures for the admitted")
     names = {
         m.split("{")[0].split(" ")[0] for m in exported.splitlines() if m[:3] == "wr_"
     }
