@@ -437,3 +437,31 @@ def test_a_reload_with_too_many_rooms_changes_nothing(state_dir: Path) -> None:
     steward.step(2.0)
     assert "b" in load_state(state_dir)
     assert not any(name.startswith("new-") for name in load_state(state_dir))
+
+
+def test_a_spike_of_joins_raises_the_proof_of_work_and_calm_lowers_it(
+    state_dir: Path,
+) -> None:
+    room_config = RoomConfig(
+        name="sale",
+        rate_per_minute=60,
+        pow_difficulty=4,
+        pow_max_difficulty=10,
+        pow_spike_joins_per_s=100,
+    )
+    steward = new_steward(state_dir, {"sale": room_config})
+    room = steward.rooms["sale"]
+    assert room.pow_difficulty == 4
+
+    # 400 joins a second: two doublings past the spike, so three bits more.
+    now = 0.0
+    for _ in range(3):
+        join(room, 400)
+        now += 1.0
+        steward.step(now)
+    assert room.pow_difficulty == 7
+
+    # A quiet second brings it back to the room's own setting.
+    now += 1.0
+    steward.step(now)
+    assert room.pow_difficulty == 4

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from wr.config import Config, RoomConfig
 from wr.http import Request, Response, error_response
 from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wr.metrics import Metrics
+from wr.pow import ChallengeError, ProofOfWork, derive_key
 from wr.room import Room, next_poll_s
 from wr.static import StaticFiles
 from wr.tokens import Claims, TokenError, Tokens, new_session_id
@@ -74,6 +76,7 @@ class App:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         ready: Callable[[], bool] = lambda: True,
+        proof_of_work: ProofOfWork | None = None,
     ) -> None:
         self.config = config
         self.rooms = rooms
@@ -83,6 +86,11 @@ class App:
         self._clock = clock
         self._rand = rand
         self._ready = ready
+        # One per process, kept across reloads by the worker, so that the
+        # challenges it accepted stay refused (wr.pow).
+        self.proof_of_work = proof_of_work or ProofOfWork(
+            pow_key(tokens), rand=secrets.token_bytes
+        )
         self._secure = "; Secure" if config.http.secure_cookies else ""
         self._count = config.metrics.enabled
         self._access_log = config.server.access_log
@@ -108,6 +116,7 @@ class App:
             "status": (_GET, self.status),
             "leave": (("POST",), self.leave),
             "bypass": (_GET, self.bypass),
+            "challenge": (_GET, self.challenge),
             "": (_GET, self.room_info),
         }
 
@@ -191,6 +200,10 @@ class App:
         max_queue = room.config.max_queue
         if max_queue is not None and room.waiting >= max_queue:
             return _error(503, "queue_full", "the line is full", ("retry-after", "30"))
+        if room.pow_difficulty:
+            refused = self._check_pow(request, room, now)
+            if refused is not None:
+                return refused
         position = room.join()
         if position is None:
             # Arrivals outran the positions the supervisor has saved ahead;
@@ -203,6 +216,57 @@ class App:
         room.last_eta = -1 if eta is None else eta
         token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
         return self._waiting(room, position, token, eta, set_cookie=True)
+
+    def challenge(self, request: Request, room: Room) -> Response:
+        """A proof-of-work challenge to solve before joining (see wr.pow)."""
+        return _json(200, self._challenge_document(room, self._clock()))
+
+    def _challenge_document(self, room: Room, now: float) -> dict[str, object]:
+        challenge = self.proof_of_work.issue(room.name, room.pow_difficulty, now)
+        self.metrics.pow_outcome(room.name, "issued")
+        return {
+            "room": room.name,
+            "challenge": challenge.text,
+            "difficulty": challenge.difficulty,
+            "expires": challenge.expires,
+            "algorithm": "sha256-leading-zero-bits",
+        }
+
+    def _check_pow(self, request: Request, room: Room, now: float) -> Response | None:
+        """None if the join carries a fresh solution; else the refusal."""
+        try:
+            proof = _json_object(request.body).get("pow")
+        except ValueError:
+            return _error(400, "bad_body", "the body must be a JSON object")
+        if not isinstance(proof, dict):
+            return self._pow_refused(room, now, "missing", "solve a challenge first")
+        try:
+            difficulty = self.proof_of_work.verify(
+                proof.get("challenge"), proof.get("counter"), room.name, now
+            )
+        except ChallengeError as exc:
+            return self._pow_refused(room, now, exc.reason, exc.detail)
+        # A challenge handed out while the room asked for less (or nothing)
+        # does not do once the room asks for more.
+        if difficulty < max(1, room.config.pow_difficulty):
+            return self._pow_refused(room, now, "too_easy", "ask for a new challenge")
+        self.metrics.pow_outcome(room.name, "accepted")
+        solve_ms = proof.get("solve_ms")
+        if isinstance(solve_ms, int | float) and not isinstance(solve_ms, bool):
+            self.metrics.pow_solved_in(room.name, solve_ms / 1000)
+        return None
+
+    def _pow_refused(
+        self, room: Room, now: float, reason: str, detail: str
+    ) -> Response:
+        # The refusal carries a fresh challenge: one round trip, not two.
+        self.metrics.pow_outcome(room.name, reason)
+        body = {
+            "error": "pow_required" if reason == "missing" else f"pow_{reason}",
+            "detail": detail,
+            "challenge": self._challenge_document(room, now),
+        }
+        return _json(403, body)
 
     def status(self, request: Request, room: Room) -> Response:
         """Where the caller stands; once it is their turn, the access token."""
@@ -336,6 +400,7 @@ class App:
                 "prequeue_size": draw.size if draw else 0,
                 "draw_seed": draw.seed_hex if draw else None,
                 "draw_gaps": [list(gap) for gap in prequeue.gaps] if prequeue else [],
+                "pow_difficulty": room.pow_difficulty,
             },
         )
 
@@ -420,6 +485,21 @@ def _session_ttl_s(room: RoomConfig, default_s: int) -> int:
     if room.session_minutes is None:
         return default_s
     return int(room.session_minutes * 60)
+
+
+def pow_key(tokens: Tokens) -> bytes:
+    """The proof-of-work key: derived from the active signing secret."""
+    return derive_key(tokens.ring.secrets[tokens.ring.active])
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is an empty object."""
+    if not body.strip():
+        return {}
+    data = orjson.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def _query_param(query: str, name: str) -> str | None:

@@ -62,6 +62,9 @@ target_url = "/inside"
 # longer than that is better analysed from a sample.
 MAX_DROPOFF_POSITIONS = 1 << 26
 
+# Past 32 bits a browser would work for minutes (see wr.pow).
+MAX_POW_DIFFICULTY = 32
+
 ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 # Keys whose names are reserved by DESIGN.md for capabilities that later
@@ -70,7 +73,6 @@ ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NOT_YET = {
     "server.backend": "only 'memory' is available in this version",
     "tokens.algorithm": "only 'HS256' is available in this version",
-    "rooms.*.pow_difficulty": "proof-of-work is not available in this version",
 }
 
 
@@ -227,7 +229,12 @@ class RoomConfig:
     max_overadmit: float = 1.0
     opens_at: str | None = None
     max_queue: int | None = None
+    # Proof-of-work on join (wr.pow): leading zero bits asked of a solution,
+    # 0 = off. When joins pass pow_spike_joins_per_s, one bit more per
+    # doubling of the rate, up to pow_max_difficulty (0: no rise).
     pow_difficulty: int = 0
+    pow_max_difficulty: int = 0
+    pow_spike_joins_per_s: float = 1000.0
     paused: bool = False
     closed: bool = False
     passthrough: bool = False
@@ -255,10 +262,17 @@ class RoomConfig:
         _require(self.max_overadmit >= 1, f"{key}.max_overadmit", "must be >= 1")
         if self.max_queue is not None:
             _require(self.max_queue >= 1, f"{key}.max_queue", "must be >= 1")
+        for name in ("pow_difficulty", "pow_max_difficulty"):
+            _require(
+                0 <= getattr(self, name) <= MAX_POW_DIFFICULTY,
+                f"{key}.{name}",
+                f"must be 0..{MAX_POW_DIFFICULTY}",
+            )
         _require(
-            0 <= self.pow_difficulty <= 32,
-            f"{key}.pow_difficulty",
-            "must be 0..32",
+            self.pow_spike_joins_per_s > 0
+            and math.isfinite(self.pow_spike_joins_per_s),
+            f"{key}.pow_spike_joins_per_s",
+            "must be a finite number > 0",
         )
         if self.opens_at is not None:
             try:

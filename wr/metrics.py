@@ -69,36 +69,77 @@ LATENCY_BUCKETS_S = (
     1.0,
 )
 ROOM_STATES = ("prequeue", "waiting", "full", "paused", "closed")
+# Solve times the page reports, in seconds; longer ones are capped (the
+# figure comes from the client and is only analytics).
+POW_SOLVE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+POW_SOLVE_MAX_S = 600.0
+
+
+# What a snapshot holds: counters with two labels, as [label, label, value]
+# lists; histograms by one label, as {label: [count per bucket..., sum]};
+# plain numbers.
+_LABELLED = ("requests", "bad", "tokens", "pow")
+_HISTOGRAMS = ("latency", "pow_solve")
+_NUMBERS = ("connections", "connections_max")
 
 
 def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Add up the counters of several processes."""
-    requests: Counter[tuple[str, int]] = Counter()
-    bad: Counter[tuple[int, str]] = Counter()
-    tokens: Counter[tuple[str, str]] = Counter()
-    latency: dict[str, list[float]] = {}
-    connections = connections_max = 0
+    labelled: dict[str, Counter[tuple[Any, Any]]] = {k: Counter() for k in _LABELLED}
+    histograms: dict[str, dict[str, list[float]]] = {k: {} for k in _HISTOGRAMS}
+    numbers = dict.fromkeys(_NUMBERS, 0)
     for snapshot in snapshots:
-        for route, code, value in snapshot.get("requests", ()):
-            requests[route, code] += value
-        for code, reason, value in snapshot.get("bad", ()):
-            bad[code, reason] += value
-        for kind, reason, value in snapshot.get("tokens", ()):
-            tokens[kind, reason] += value
-        for route, values in snapshot.get("latency", {}).items():
-            total = latency.setdefault(route, [0.0] * len(values))
-            for i, value in enumerate(values):
-                total[i] += value
-        connections += snapshot.get("connections", 0)
-        connections_max += snapshot.get("connections_max", 0)
+        for key, counter in labelled.items():
+            for first, second, value in snapshot.get(key, ()):
+                counter[first, second] += value
+        for key, merged in histograms.items():
+            for label, values in snapshot.get(key, {}).items():
+                total = merged.setdefault(label, [0.0] * len(values))
+                for i, value in enumerate(values):
+                    total[i] += value
+        for key in numbers:
+            numbers[key] += snapshot.get(key, 0)
     return {
-        "requests": [[r, c, v] for (r, c), v in requests.items()],
-        "bad": [[c, r, v] for (c, r), v in bad.items()],
-        "tokens": [[k, r, v] for (k, r), v in tokens.items()],
-        "latency": latency,
-        "connections": connections,
-        "connections_max": connections_max,
+        **{key: _rows(counter) for key, counter in labelled.items()},
+        **histograms,
+        **numbers,
     }
+
+
+def _rows(counter: Counter[tuple[Any, Any]]) -> list[list[Any]]:
+    return [[first, second, value] for (first, second), value in counter.items()]
+
+
+def _observe(
+    histograms: dict[str, list[float]],
+    label: str,
+    value: float,
+    buckets: tuple[float, ...],
+) -> None:
+    counts = histograms.get(label)
+    if counts is None:
+        counts = histograms[label] = [0.0] * (len(buckets) + 2)
+    counts[bisect.bisect_left(buckets, value)] += 1
+    counts[-1] += value
+
+
+def _histogram(
+    name: str,
+    text: str,
+    histograms: Mapping[str, list[float]],
+    buckets: tuple[float, ...],
+    label: str,
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, text, labels=[label])
+    bounds = [*map(str, buckets), "+Inf"]
+    for key, values in sorted(histograms.items()):
+        cumulative = itertools.accumulate(values[:-1])
+        family.add_metric(
+            [key],
+            [(b, c) for b, c in zip(bounds, cumulative, strict=True)],
+            sum_value=values[-1],
+        )
+    return family
 
 
 class Metrics(Collector):
@@ -123,8 +164,12 @@ class Metrics(Collector):
         self.requests: Counter[tuple[str, int]] = Counter()
         self.http_rejected: Counter[tuple[int, str]] = Counter()
         self.tokens_rejected: Counter[tuple[str, str]] = Counter()
-        # Per route: a count per bucket (the last is +Inf), then the sum.
+        # Proof of work, by room: challenges issued and solutions by outcome.
+        self.pow_outcomes: Counter[tuple[str, str]] = Counter()
+        # Per route (per room): a count per bucket (the last is +Inf), then
+        # the sum.
         self.latency: dict[str, list[float]] = {}
+        self.pow_solve: dict[str, list[float]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -132,11 +177,7 @@ class Metrics(Collector):
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[route, status] += 1
-        counts = self.latency.get(route)
-        if counts is None:
-            counts = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
-        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        counts[-1] += seconds
+        _observe(self.latency, route, seconds, LATENCY_BUCKETS_S)
 
     def http_error(self, status: int, error: str) -> None:
         self.http_rejected[status, error] += 1
@@ -144,14 +185,25 @@ class Metrics(Collector):
     def token_rejected(self, kind: str, reason: str) -> None:
         self.tokens_rejected[kind, reason] += 1
 
+    def pow_outcome(self, room: str, outcome: str) -> None:
+        """``issued``, ``accepted``, ``missing`` or a refusal reason (wr.pow)."""
+        self.pow_outcomes[room, outcome] += 1
+
+    def pow_solved_in(self, room: str, seconds: float) -> None:
+        """How long the page says it took to solve (untrusted, clamped)."""
+        clamped = min(max(0.0, seconds), POW_SOLVE_MAX_S)
+        _observe(self.pow_solve, room, clamped, POW_SOLVE_BUCKETS_S)
+
     # Sharing.
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "requests": [[r, c, v] for (r, c), v in self.requests.items()],
-            "bad": [[c, r, v] for (c, r), v in self.http_rejected.items()],
-            "tokens": [[k, r, v] for (k, r), v in self.tokens_rejected.items()],
+            "requests": _rows(self.requests),
+            "bad": _rows(self.http_rejected),
+            "tokens": _rows(self.tokens_rejected),
+            "pow": _rows(self.pow_outcomes),
             "latency": self.latency,
+            "pow_solve": self.pow_solve,
             "connections": self.connections(),
             "connections_max": self.connection_limit,
         }
@@ -203,19 +255,13 @@ class Metrics(Collector):
             requests.add_metric([route, str(code)], value)
         yield requests
 
-        latency = HistogramMetricFamily(
+        yield _histogram(
             "wr_http_request_duration_seconds",
             "Time from a request's last byte to its response, by route.",
-            labels=["route"],
+            totals["latency"],
+            LATENCY_BUCKETS_S,
+            "route",
         )
-        for route, values in sorted(totals["latency"].items()):
-            buckets, cumulative = [], 0.0
-            bounds = [*map(str, LATENCY_BUCKETS_S), "+Inf"]
-            for bound, count in zip(bounds, values[:-1], strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([route], buckets, sum_value=values[-1])
-        yield latency
 
         yield GaugeMetricFamily(
             "wr_http_connections_open",
@@ -245,6 +291,32 @@ class Metrics(Collector):
         for kind, reason, value in sorted(totals["tokens"]):
             tokens.add_metric([kind, reason], value)
         yield tokens
+
+        issued = CounterMetricFamily(
+            "wr_pow_challenges_issued",
+            "Proof-of-work challenges handed out, by room.",
+            labels=["room"],
+        )
+        solutions = CounterMetricFamily(
+            "wr_pow_solutions",
+            "Joins by what their proof of work was: accepted, missing, "
+            "replayed, expired, unsolved, bad_signature, wrong_room, malformed.",
+            labels=["room", "outcome"],
+        )
+        for room, outcome, value in sorted(totals["pow"]):
+            if outcome == "issued":
+                issued.add_metric([room], value)
+            else:
+                solutions.add_metric([room, outcome], value)
+        yield issued
+        yield solutions
+        yield _histogram(
+            "wr_pow_solve_seconds",
+            "How long browsers took to solve the join challenge, as they report.",
+            totals["pow_solve"],
+            POW_SOLVE_BUCKETS_S,
+            "room",
+        )
 
         if self.block is not None:
             header = self.block.header
@@ -286,6 +358,10 @@ class Metrics(Collector):
                 "wr_room_last_arrival_eta_seconds",
                 "Estimated wait given to the latest arrival.",
             ),
+            "pow": (
+                "wr_room_pow_difficulty",
+                "Leading zero bits a join's proof of work needs now (0: off).",
+            ),
         }
         counters = {
             "joins": ("wr_room_joins", "Positions handed out."),
@@ -325,6 +401,7 @@ class Metrics(Collector):
                 "rate": room.admit_rate,
                 "noshow": room.noshow_ratio,
                 "eta": room.last_eta,
+                "pow": room.pow_difficulty,
                 "joins": room.joins,
                 "admitted": room.admitted,
                 "claimed": room.claimed,

@@ -443,6 +443,18 @@ class Room:
         self._counters.admit_rate = admit_rate
         self._counters.noshow_ratio = noshow_ratio
 
+    @property
+    def pow_difficulty(self) -> int:
+        """Zero bits a join's proof of work needs now (0: none).
+
+        The room's setting, or more while the steward sees a spike of joins.
+        """
+        return max(self.config.pow_difficulty, int(self._counters.pow_difficulty))
+
+    @pow_difficulty.setter
+    def pow_difficulty(self, bits: int) -> None:
+        self._counters.pow_difficulty = bits
+
     def count_inside(self, now: float) -> int:
         """Someone let in without a position (a bypass token) is inside.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -23,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wr.admin import AdminApp, OverridesStore, admin_token, effective_rooms
-from wr.api import App
+from wr.api import App, pow_key
 from wr.config import Config, ConfigError
 from wr.http import HttpProtocol, HttpServerState, Request, Response
 from wr.metrics import PUBLISH_INTERVAL_S, Metrics
+from wr.pow import ProofOfWork
 from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import StateError
@@ -79,6 +81,7 @@ class Worker:
             session_s=config.tokens.access_ttl_s,
         )
         tokens = self._tokens(config)
+        self._proof_of_work: ProofOfWork | None = None
         self.app = self._app(config, tokens)
         self.admin = self._admin(config, tokens)
         self.http = HttpServerState(
@@ -132,6 +135,12 @@ class Worker:
 
     def _app(self, config: Config, tokens: Tokens) -> App:
         static_dir = Path(config.server.static_dir or default_static_dir())
+        # The worker's one proof-of-work checker outlives reloads, so the
+        # challenges it accepted stay refused; only its key follows the ring.
+        key = pow_key(tokens)
+        if self._proof_of_work is None:
+            self._proof_of_work = ProofOfWork(key, rand=secrets.token_bytes)
+        self._proof_of_work.key = key
         return App(
             config,
             self.rooms,
@@ -139,6 +148,7 @@ class Worker:
             self.metrics,
             StaticFiles.load(static_dir),
             ready=lambda: self.ready,
+            proof_of_work=self._proof_of_work,
         )
 
     def reload(self) -> None:

@@ -158,6 +158,8 @@ class RoomCounters(ctypes.Structure):
         ("settled_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
         ("abandoned_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
         ("untracked", ctypes.c_int64),
+        # The proof-of-work difficulty the steward asks for now (wr.pow).
+        ("pow_difficulty", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 

@@ -8,7 +8,8 @@ One steward runs per host, in the supervisor (or in the only process when
    handing out positions without waiting for the disk;
 3. saves the counters as they will be (``wr.state``), including how far
    positions were actually handed out, and only then
-4. publishes the new ``serving`` and reservations to the workers.
+4. publishes the new ``serving`` and reservations to the workers, and the
+   proof-of-work difficulty that the recent join rate calls for.
 
 Because the save comes first, a crash at any moment leaves on disk a
 ``next_position`` above every position handed out and a ``serving`` no lower
@@ -36,6 +37,7 @@ from typing import Any
 from wr.config import RoomConfig
 from wr.draw import MAX_GAPS, Draw, Prequeue
 from wr.policy import Policy
+from wr.pow import auto_difficulty
 from wr.room import TICK_INTERVAL_S, Room, Ticker
 from wr.shm import SharedBlock
 from wr.state import RoomState, load_state, save_state
@@ -192,6 +194,14 @@ class Steward:
             room.admit(count, wall)
         for room, reserved in reservations.items():
             room.reserved = reserved
+        for name, room in self.rooms.items():
+            config = room.config
+            room.pow_difficulty = auto_difficulty(
+                config.pow_difficulty,
+                config.pow_max_difficulty,
+                self._join_rate.get(name, 0.0),
+                config.pow_spike_joins_per_s,
+            )
 
     def _measure(self, now: float) -> None:
         elapsed = now - self._rate_started
