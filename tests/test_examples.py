@@ -9,6 +9,8 @@ place in wr (capacity mode). Starlette checks tokens with wr's JWK set
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +22,9 @@ from flask.testing import FlaskClient
 
 from examples import flask_site, starlette_site
 from tests.serverproc import WrServer, wait_for
+from wr.cli import main
 from wr.config import load_config
-from wr.gate import GateASGI
+from wr.gate import Denied, GateASGI, JWKSVerifier
 from wr.tokens import KeyRing, Tokens
 
 SITE = "http://testserver"
@@ -168,3 +171,39 @@ def test_flask_example_sends_expired_tokens_back(hs256_wr: WrServer) -> None:
 
     assert shop.get("/").status_code == 302
     assert shop.get("/healthz").text == "ok"
+
+
+def test_a_key_rotation_reaches_the_gate_through_the_jwk_set(
+    eddsa_wr: WrServer,
+) -> None:
+    verifier = JWKSVerifier("default", f"{eddsa_wr.base}/.well-known/jwks.json")
+    config = load_config(eddsa_wr.config, env={}).tokens
+    before = Tokens(KeyRing.load(eddsa_wr.state_dir), config)
+    old = before.issue_access("default", "s" * 22, 1, 600, time.time())
+    assert verifier.verify(old).room == "default"
+
+    args = ["--config", str(eddsa_wr.config), "--state-dir", str(eddsa_wr.state_dir)]
+    assert main(["keygen", "--rotate", *args]) == 0
+    os.kill(eddsa_wr.pid, signal.SIGHUP)
+    ring = KeyRing.load(eddsa_wr.state_dir)
+
+    def published() -> bool:
+        document = httpx.get(f"{eddsa_wr.base}/.well-known/jwks.json").json()
+        return [key["kid"] for key in document["keys"]] == [
+            ring.active,
+            before.ring.active,
+        ]
+
+    wait_for(published, 15.0, "the new key in the JWK set")
+    new = Tokens(ring, config).issue_access("default", "s" * 22, 2, 600, time.time())
+
+    def accepted() -> bool:
+        # The gate has never seen the new kid: it fetches the set again,
+        # once JWKS_REFETCH_S has passed since its last fetch.
+        try:
+            return verifier.verify(new).pos == 2
+        except Denied:
+            return False
+
+    wait_for(accepted, 15.0, "the gate to learn the new key", poll_s=0.1)
+    assert verifier.verify(old).pos == 1

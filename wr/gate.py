@@ -31,7 +31,10 @@ pyjwt (with ``cryptography`` for EdDSA), so that a site can install it
 alone. Network calls use :mod:`urllib.request` and block; the ASGI
 middleware runs them in a thread, and runs a local check inline.
 
-Known limits: the JWK set's own ``Cache-Control`` is not read (the verifier
+Known limits: right after a key rotation, a gate that fetched the key set
+less than ``refetch_s`` ago refuses tokens of the new key until that time
+has passed (the person is sent to the waiting page, which admits them
+again); the JWK set's own ``Cache-Control`` is not read (the verifier
 keeps keys for ``ttl_s``); a site behind several processes keeps one key
 cache per process; ``SecretVerifier.from_key_ring`` reads the ring once, so
 a rotation needs the site restarted or the verifier rebuilt.
@@ -103,8 +106,9 @@ MAX_JWKS_KEYS = 32
 # tokens.jwks_max_age_s default.
 JWKS_TTL_S = 300.0
 # An unknown kid fetches the set again at most this often, so a flood of
-# forged kids cannot turn into a flood of fetches.
-JWKS_REFETCH_S = 10.0
+# forged kids cannot turn into a flood of fetches. Kept short because a
+# token of a freshly rotated key is refused until the refetch is allowed.
+JWKS_REFETCH_S = 2.0
 # What is read of an answer from wr's verify or leave: a short JSON reason.
 MAX_ANSWER_BYTES = 4096
 
