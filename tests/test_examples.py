@@ -21,6 +21,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from examples import flask_site, starlette_site
+from examples.settings import Settings
 from tests.serverproc import WrServer, wait_for
 from wr.cli import main
 from wr.config import load_config
@@ -94,7 +95,7 @@ def asgi_client(app: GateASGI) -> httpx.AsyncClient:
 async def test_starlette_example_through_the_queue_and_back(
     eddsa_wr: WrServer,
 ) -> None:
-    app = starlette_site.build(eddsa_wr.base, site_origin=SITE)
+    app = starlette_site.build(Settings(eddsa_wr.base, site_origin=SITE))
     async with asgi_client(app) as shop:
         first = await shop.get("/shop/boots?size=42")
         assert first.status_code == 302
@@ -122,7 +123,7 @@ async def test_starlette_example_refuses_forged_and_passes_health(
     forger_config = load_config(eddsa_wr.config, env={}).tokens
     forger = Tokens(KeyRing.generate("EdDSA"), forger_config)
     forged = forger.issue_access("default", "s" * 22, 1, 600, time.time())
-    app = starlette_site.build(eddsa_wr.base)
+    app = starlette_site.build(Settings(eddsa_wr.base))
     async with asgi_client(app) as shop:
         assert (await shop.get("/healthz")).text == "ok"
         assert (await shop.get("/static/style.css")).status_code == 200
@@ -152,12 +153,12 @@ def flask_flow(shop: FlaskClient, wr: WrServer) -> None:
 
 def test_flask_example_with_the_key_ring_secret(hs256_wr: WrServer) -> None:
     keys = str(hs256_wr.state_dir / "keys.json")
-    app = flask_site.build(hs256_wr.base, keys=keys, site_origin=SITE)
+    app = flask_site.build(Settings(hs256_wr.base, site_origin=SITE, keys=keys))
     flask_flow(app.test_client(), hs256_wr)
 
 
 def test_flask_example_asking_wr_verify(hs256_wr: WrServer) -> None:
-    app = flask_site.build(hs256_wr.base, site_origin=SITE)
+    app = flask_site.build(Settings(hs256_wr.base, site_origin=SITE))
     flask_flow(app.test_client(), hs256_wr)
 
 
@@ -165,7 +166,7 @@ def test_flask_example_sends_expired_tokens_back(hs256_wr: WrServer) -> None:
     config = load_config(hs256_wr.config, env={}).tokens
     tokens = Tokens(KeyRing.load(hs256_wr.state_dir), config)
     expired = tokens.issue_access("default", "s" * 22, 1, 60, time.time() - 3600)
-    app = flask_site.build(hs256_wr.base)
+    app = flask_site.build(Settings(hs256_wr.base))
     shop = app.test_client()
     shop.set_cookie("wr_access", expired, domain="localhost")
 

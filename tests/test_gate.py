@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_api import T0 as NOW
+from tests.test_api import Clock
 from wr.config import TokensConfig
 from wr.gate import (
     JWKS_REFETCH_S,
@@ -38,7 +40,6 @@ from wr.gate import (
 )
 from wr.tokens import LEEWAY_S, KeyRing, Tokens
 
-NOW = 1_800_000_000.0
 ROOM = "sale"
 SUB = "s" * 22
 JWKS_URL = "http://wr.test/.well-known/jwks.json"
@@ -46,14 +47,6 @@ WAITING = "https://shop.test/queue/?room=sale"
 CONFIG = TokensConfig(algorithm="EdDSA", queue_ttl_s=900, access_ttl_s=600)
 
 Answer = tuple[int, dict[str, str], bytes]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeWr:
