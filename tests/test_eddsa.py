@@ -24,6 +24,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet, OctKey, OKPKey
 
+from tests.test_tokens import valid_claims
 from wr.config import TokensConfig
 from wr.eddsa import SEED_BYTES, EdDSACodec, public_jwk
 from wr.hs256 import MalformedToken, b64url
@@ -58,18 +59,6 @@ def reason(tokens: Tokens, token: str, typ: str = "access") -> str:
     return caught.value.reason
 
 
-def claims(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "sub": SUB,
-        "room": ROOM,
-        "pos": 3,
-        "iat": NOW,
-        "exp": NOW + 600,
-        "typ": "access",
-    }
-    return {**base, **changes}
-
-
 def seed_key(ring: KeyRing, kid: str | None = None) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(ring.secrets[kid or ring.active])
 
@@ -80,7 +69,7 @@ def seed_key(ring: KeyRing, kid: str | None = None) -> Ed25519PrivateKey:
 def test_eddsa_tokens_round_trip_with_the_kid_in_the_header(
     tokens: Tokens, ring: KeyRing
 ) -> None:
-    token = tokens.issue_access(ROOM, SUB, 3, 600, NOW)
+    token = tokens.issue_access(ROOM, SUB, 7, 600, NOW)
 
     assert jwt.get_unverified_header(token) == {
         "alg": "EdDSA",
@@ -88,7 +77,7 @@ def test_eddsa_tokens_round_trip_with_the_kid_in_the_header(
         "typ": "JWT",
     }
     checked = tokens.check(token, ROOM, "access", NOW)
-    assert (checked.sub, checked.pos, checked.typ) == (SUB, 3, "access")
+    assert (checked.sub, checked.pos, checked.typ) == (SUB, 7, "access")
 
 
 def test_queue_tokens_carry_eta_and_verify_with_pyjwt_and_the_public_key(
@@ -109,15 +98,17 @@ def test_a_token_signed_by_another_ed25519_key_is_a_bad_signature(
     tokens: Tokens, ring: KeyRing
 ) -> None:
     other = Ed25519PrivateKey.generate()
-    token = jwt.encode(claims(), other, algorithm="EdDSA", headers={"kid": ring.active})
+    token = jwt.encode(
+        valid_claims(), other, algorithm="EdDSA", headers={"kid": ring.active}
+    )
 
     assert reason(tokens, token) == "bad_signature"
 
 
 def test_a_tampered_payload_is_a_bad_signature(tokens: Tokens) -> None:
-    token = tokens.issue_access(ROOM, SUB, 3, 600, NOW)
+    token = tokens.issue_access(ROOM, SUB, 7, 600, NOW)
     header, _, signature = token.split(".")
-    payload = b64url(orjson.dumps(claims(pos=1))).decode()
+    payload = b64url(orjson.dumps(valid_claims(pos=1))).decode()
 
     assert reason(tokens, f"{header}.{payload}.{signature}") == "bad_signature"
 
@@ -133,7 +124,9 @@ def test_hs256_signed_with_the_public_key_bytes_is_refused(
     ):
         # By hand: pyjwt itself refuses to HMAC with a PEM key.
         header = {"alg": "HS256", "kid": ring.active, "typ": "JWT"}
-        body = b64url(orjson.dumps(header)) + b"." + b64url(orjson.dumps(claims()))
+        body = (
+            b64url(orjson.dumps(header)) + b"." + b64url(orjson.dumps(valid_claims()))
+        )
         signature = hmac.digest(key, body, "sha256")
         forged = (body + b"." + b64url(signature)).decode()
         assert reason(tokens, forged) == "bad_algorithm"
@@ -146,7 +139,7 @@ def test_any_other_alg_header_is_refused(
     header = {"kid": ring.active, "typ": "JWT"}
     if alg is not None:
         header["alg"] = alg
-    body = b64url(orjson.dumps(header)) + b"." + b64url(orjson.dumps(claims()))
+    body = b64url(orjson.dumps(header)) + b"." + b64url(orjson.dumps(valid_claims()))
     signature = seed_key(ring).sign(body)
     token = (body + b"." + b64url(signature)).decode()
 
@@ -154,7 +147,7 @@ def test_any_other_alg_header_is_refused(
 
 
 def test_an_eddsa_token_is_refused_after_the_switch_to_hs256(ring: KeyRing) -> None:
-    token = Tokens(ring, CONFIG).issue_access(ROOM, SUB, 3, 600, NOW)
+    token = Tokens(ring, CONFIG).issue_access(ROOM, SUB, 7, 600, NOW)
     switched = ring.rotate(NOW, KEEP_S, "HS256")
 
     assert reason(Tokens(switched, HS_CONFIG), token) == "bad_algorithm"
@@ -162,7 +155,7 @@ def test_an_eddsa_token_is_refused_after_the_switch_to_hs256(ring: KeyRing) -> N
 
 def test_an_hs256_token_is_refused_after_the_switch_to_eddsa() -> None:
     old = KeyRing.generate("HS256")
-    token = Tokens(old, HS_CONFIG).issue_access(ROOM, SUB, 3, 600, NOW)
+    token = Tokens(old, HS_CONFIG).issue_access(ROOM, SUB, 7, 600, NOW)
     switched = old.rotate(NOW, KEEP_S, "EdDSA")
 
     assert reason(Tokens(switched, CONFIG), token) == "bad_algorithm"
@@ -170,8 +163,10 @@ def test_an_hs256_token_is_refused_after_the_switch_to_eddsa() -> None:
 
 def test_unknown_and_missing_kids_are_refused(tokens: Tokens, ring: KeyRing) -> None:
     key = seed_key(ring)
-    unknown = jwt.encode(claims(), key, algorithm="EdDSA", headers={"kid": "nope"})
-    missing = jwt.encode(claims(), key, algorithm="EdDSA")
+    unknown = jwt.encode(
+        valid_claims(), key, algorithm="EdDSA", headers={"kid": "nope"}
+    )
+    missing = jwt.encode(valid_claims(), key, algorithm="EdDSA")
 
     assert reason(tokens, unknown) == "unknown_kid"
     assert reason(tokens, missing) == "unknown_kid"
@@ -185,17 +180,17 @@ def test_garbage_is_malformed(tokens: Tokens, token: str) -> None:
 
 
 def test_claims_are_checked_as_for_hs256(tokens: Tokens) -> None:
-    assert reason(tokens, tokens.issue_access("other", SUB, 3, 600, NOW)) == (
+    assert reason(tokens, tokens.issue_access("other", SUB, 7, 600, NOW)) == (
         "wrong_room"
     )
-    assert reason(tokens, tokens.issue_queue(ROOM, SUB, 3, None, NOW)) == "wrong_type"
-    old = tokens.issue_access(ROOM, SUB, 3, 60, NOW - 60 - LEEWAY_S)
+    assert reason(tokens, tokens.issue_queue(ROOM, SUB, 7, None, NOW)) == "wrong_type"
+    old = tokens.issue_access(ROOM, SUB, 7, 60, NOW - 60 - LEEWAY_S)
     assert reason(tokens, old) == "expired"
 
 
 def test_the_codec_maps_pyjwt_errors_to_reasons(ring: KeyRing) -> None:
     codec = EdDSACodec(ring.secrets, ring.active)
-    token = codec.encode(claims())
+    token = codec.encode(valid_claims())
     header, payload, _ = token.split(".")
 
     with pytest.raises(MalformedToken) as caught:
@@ -272,11 +267,11 @@ def test_rotation_keeps_the_algorithm_unless_told(ring: KeyRing) -> None:
 
 
 def test_retired_keys_verify_their_tokens_until_they_expire(ring: KeyRing) -> None:
-    token = Tokens(ring, CONFIG).issue_access(ROOM, SUB, 3, 600, NOW)
+    token = Tokens(ring, CONFIG).issue_access(ROOM, SUB, 7, 600, NOW)
     rotated = ring.rotate(NOW + 10, KEEP_S)
     tokens = Tokens(rotated, CONFIG)
 
-    assert tokens.check(token, ROOM, "access", NOW + 20).pos == 3
+    assert tokens.check(token, ROOM, "access", NOW + 20).pos == 7
     assert jwt.get_unverified_header(tokens.issue_access(ROOM, SUB, 1, 600, NOW))[
         "kid"
     ] == (rotated.active)
@@ -331,18 +326,18 @@ def test_joserfc_verifies_eddsa_tokens_with_the_published_jwk_set(
     tokens: Tokens,
 ) -> None:
     key_set = KeySet.import_key_set(orjson.loads(orjson.dumps(tokens.jwks(NOW))))
-    token = tokens.issue_access(ROOM, SUB, 3, 600, NOW)
+    token = tokens.issue_access(ROOM, SUB, 7, 600, NOW)
 
     decoded = jose_jwt.decode(token, key_set, algorithms=["EdDSA"])
     assert decoded.header["kid"] == tokens.ring.active
-    assert decoded.claims == claims()
+    assert decoded.claims == valid_claims()
 
 
 def test_joserfc_refuses_a_tampered_eddsa_token(tokens: Tokens) -> None:
     key_set = KeySet.import_key_set(orjson.loads(orjson.dumps(tokens.jwks(NOW))))
-    token = tokens.issue_access(ROOM, SUB, 3, 600, NOW)
+    token = tokens.issue_access(ROOM, SUB, 7, 600, NOW)
     header, _, signature = token.split(".")
-    payload = b64url(orjson.dumps(claims(pos=1))).decode()
+    payload = b64url(orjson.dumps(valid_claims(pos=1))).decode()
 
     with pytest.raises(BadSignatureError):
         jose_jwt.decode(f"{header}.{payload}.{signature}", key_set, ["EdDSA"])
@@ -352,8 +347,8 @@ def test_joserfc_verifies_hs256_tokens_with_the_secret() -> None:
     ring = KeyRing.generate()
     tokens = Tokens(ring, HS_CONFIG)
     for token in (
-        tokens.issue_access(ROOM, SUB, 3, 600, NOW),
-        tokens.issue_queue(ROOM, SUB, 3, 17, NOW),
+        tokens.issue_access(ROOM, SUB, 7, 600, NOW),
+        tokens.issue_queue(ROOM, SUB, 7, 17, NOW),
     ):
         key = OctKey.import_key(ring.secrets[ring.active])
         decoded = jose_jwt.decode(token, key, algorithms=["HS256"])
@@ -372,6 +367,6 @@ def test_joserfc_signed_eddsa_tokens_are_accepted_by_wr(
     private = seed_key(ring).private_bytes_raw()
     key = OKPKey.import_key({**public, "d": b64url(private).decode()})
     header = {"alg": "EdDSA", "kid": ring.active}
-    token = jose_jwt.encode(header, claims(), key, algorithms=["EdDSA"])
+    token = jose_jwt.encode(header, valid_claims(), key, algorithms=["EdDSA"])
 
     assert tokens.check(token, ROOM, "access", NOW).sub == SUB
