@@ -388,6 +388,27 @@ def test_configured_paths_pass_unchecked(
     assert wr.calls == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/static/../account", "/static/./../a", "/static/..", "/healthz/..", "/static/."],
+)
+def test_dot_segments_never_pass_unchecked(
+    verifier: JWKSVerifier, wr: FakeWr, path: str
+) -> None:
+    assert make_gate(verifier, wr).decide("GET", path, "", None).action == "redirect"
+
+
+def test_an_overlong_token_is_refused_unread(verifier: JWKSVerifier) -> None:
+    assert denied(verifier, "e" * 5000) == "malformed"
+
+
+def test_the_token_stays_out_of_the_access_repr(
+    verifier: JWKSVerifier, tokens: Tokens
+) -> None:
+    token = access(tokens)
+    assert token not in repr(verifier.verify(token))
+
+
 def test_when_wr_cannot_be_asked_people_wait_unless_fail_open(wr: FakeWr) -> None:
     wr.fail = True
     remote = RemoteVerifier(ROOM, "http://wr.test", fetch=wr)
@@ -515,6 +536,39 @@ def test_asgi_redirects_a_newcomer(verifier: JWKSVerifier, wr: FakeWr) -> None:
     headers = dict(sent[0]["headers"])
     assert headers[b"location"] == (WAITING + "&return=%2Fshop%3Fx%3D1").encode()
     assert headers[b"cache-control"] == b"no-store"
+
+
+def test_asgi_return_url_is_the_path_as_sent(
+    verifier: JWKSVerifier, wr: FakeWr
+) -> None:
+    app = GateASGI(site, make_gate(verifier, wr))
+
+    def sent_path(path: str, raw: bytes | None) -> str:
+        scope: Scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "query_string": b"",
+            "headers": [],
+        }
+        if raw is not None:
+            scope["raw_path"] = raw
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        location: bytes = dict(sent[0]["headers"])[b"location"]
+        return location.decode().split("return=", 1)[1]
+
+    # "/a%2Fb" decodes to "/a/b": only raw_path keeps them apart.
+    assert sent_path("/a/b", b"/a%2Fb") == "%2Fa%252Fb"
+    assert sent_path("/a/b", b"/a%2Fb?x=1") == "%2Fa%252Fb"
+    assert sent_path("/caf\u00e9 x", None) == "%2Fcaf%25C3%25A9%2520x"
 
 
 def test_asgi_reads_a_cookie_split_over_headers(

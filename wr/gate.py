@@ -58,7 +58,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,6 +109,8 @@ JWKS_TTL_S = 300.0
 # forged kids cannot turn into a flood of fetches. Kept short because a
 # token of a freshly rotated key is refused until the refetch is allowed.
 JWKS_REFETCH_S = 2.0
+# wr's tokens are about 300 bytes; checking a far longer one is only cost.
+MAX_TOKEN_BYTES = 2048
 # What is read of an answer from wr's verify or leave: a short JSON reason.
 MAX_ANSWER_BYTES = 4096
 
@@ -139,7 +141,8 @@ class Access:
     room: str
     pos: int | None = None
     exp: int | None = None
-    token: str = ""
+    # Left out of repr, so that logging an Access does not log a credential.
+    token: str = field(default="", repr=False)
 
 
 class Verifier(Protocol):
@@ -203,6 +206,8 @@ class _LocalVerifier:
         raise NotImplementedError
 
     def verify(self, token: str) -> Access:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Denied("malformed", "token too long")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -452,6 +457,9 @@ class Decision:
 
 
 _NO_STORE = ("cache-control", "no-store")
+# What stays as it is when a decoded path is encoded again (RFC 3986 pchar
+# and "/").
+_PATH_SAFE = "/:@!$&'()*+,;="
 
 
 class Gate:
@@ -505,10 +513,26 @@ class Gate:
         self._fetch = fetch
 
     def is_passed(self, path: str) -> bool:
+        # "/static/../account" is not a static asset, whatever the site's
+        # router makes of it later.
+        if "/./" in path or "/../" in path or path.endswith(("/.", "/..")):
+            return False
         return path in self._exact or path.startswith(self._prefixes)
 
-    def decide(self, method: str, path: str, query: str, token: str | None) -> Decision:
-        """The decision for one request; may block (see ``Verifier.may_block``)."""
+    def decide(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        token: str | None,
+        raw_path: str | None = None,
+    ) -> Decision:
+        """The decision for one request; may block (see ``Verifier.may_block``).
+
+        ``path`` is decoded (as ASGI's ``path`` and WSGI's ``PATH_INFO``);
+        ``raw_path``, if the server has it, is the path as it was sent, and
+        becomes the return URL.
+        """
         if self.leave_path is not None and path == self.leave_path:
             return self._leave(method, token)
         if self.is_passed(path):
@@ -526,12 +550,17 @@ class Gate:
         else:
             reason, detail = "no_token", "no access token"
         if method in ("GET", "HEAD"):
-            return Decision("redirect", 302, self.waiting_location(path, query))
+            location = self.waiting_location(path, query, raw_path)
+            return Decision("redirect", 302, location)
         return _deny(401, reason, detail)
 
-    def waiting_location(self, path: str, query: str) -> str:
+    def waiting_location(
+        self, path: str, query: str, raw_path: str | None = None
+    ) -> str:
         """The waiting page's URL, with the one asked for as ``return=``."""
-        back = self.site_origin + path + (f"?{query}" if query else "")
+        if raw_path is None:
+            raw_path = quote(path, safe=_PATH_SAFE)
+        back = self.site_origin + raw_path + (f"?{query}" if query else "")
         joiner = "&" if "?" in self.waiting_url else "?"
         return f"{self.waiting_url}{joiner}return={quote(back, safe='')}"
 
@@ -625,13 +654,16 @@ class GateASGI:
         token = token_from(headers.get("cookie"), headers.get("authorization"))
         method = scope.get("method", "GET")
         path = scope.get("path", "/")
+        raw = scope.get("raw_path")
+        # Some servers leave the query in raw_path.
+        raw_path = raw.decode("latin-1").split("?", 1)[0] if raw else None
         query = scope.get("query_string", b"").decode("latin-1")
         if token is not None and self.gate.verifier.may_block(token):
             decision = await asyncio.to_thread(
-                self.gate.decide, method, path, query, token
+                self.gate.decide, method, path, query, token, raw_path
             )
         else:
-            decision = self.gate.decide(method, path, query, token)
+            decision = self.gate.decide(method, path, query, token, raw_path)
 
         if decision.action == "allow":
             scope["wr.access"] = decision.access
@@ -701,14 +733,14 @@ class GateWSGI:
             environ.get("HTTP_COOKIE"), environ.get("HTTP_AUTHORIZATION")
         )
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        # PATH_INFO arrives decoded (as latin-1); the return URL needs it
-        # encoded again.
-        path = quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=")
+        # PEP 3333: the path's bytes arrive decoded as latin-1.
+        raw_path = quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
         decision = self.gate.decide(
             environ.get("REQUEST_METHOD", "GET"),
             path,
             environ.get("QUERY_STRING", ""),
             token,
+            raw_path,
         )
         if decision.action == "allow":
             environ["wr.access"] = decision.access
