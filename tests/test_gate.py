@@ -708,6 +708,7 @@ def test_wsgi_leave_path(verifier: JWKSVerifier, wr: FakeWr) -> None:
 
     assert status == "303 See Other"
     assert dict(headers)["location"] == "/"
+    assert [name for name, _ in headers].count("cache-control") == 1
     assert wr.count("/leave") == 1
 
 

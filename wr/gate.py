@@ -575,7 +575,7 @@ class Gate:
             "leave",
             303,
             self.after_leave_url,
-            headers=(("set-cookie", self.expired_cookie), _NO_STORE),
+            headers=(("set-cookie", self.expired_cookie),),
         )
 
     def leave(self, token: str) -> bool:
