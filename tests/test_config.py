@@ -529,7 +529,6 @@ def test_reserved_keys_are_accepted_at_their_default(tmp_path: Path) -> None:
     ("text", "key"),
     [
         ('[server]\nbackend = "redis://127.0.0.1:6379/0"\n', "server.backend"),
-        ('[tokens]\nalgorithm = "EdDSA"\n', "tokens.algorithm"),
     ],
 )
 def test_reserved_key_set_otherwise_is_refused(

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -25,6 +26,7 @@ from wr.http import Request, Response, error_response
 from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wr.metrics import Metrics
 from wr.pow import ChallengeError, ProofOfWork, derive_key
+from wr.returnurl import MAX_RETURN_BYTES, safe_return
 from wr.room import Room, next_poll_s
 from wr.static import StaticFiles
 from wr.tokens import Claims, TokenError, Tokens, new_session_id
@@ -38,6 +40,8 @@ access_log = logging.getLogger("wr.access")
 QUEUE_COOKIE = "wr_queue"
 ACCESS_COOKIE = "wr_access"
 ROOMS_PREFIX = "/api/v1/rooms/"
+# RFC 7517 section 8.5.
+JWKS_CONTENT_TYPE = "application/jwk-set+json"
 
 _NO_STORE = ("cache-control", "no-store")
 _GET = ("GET", "HEAD")
@@ -98,6 +102,7 @@ class App:
             str, tuple[str, tuple[str, ...], Callable[[Request], Response]]
         ] = {
             "/api/v1/verify": ("verify", _GET, self.verify),
+            "/.well-known/jwks.json": ("jwks", _GET, self.jwks),
             "/healthz": ("healthz", _GET, self.healthz),
             "/readyz": ("readyz", _GET, self.readyz),
             "/inside": ("inside", _GET, self.inside),
@@ -192,7 +197,7 @@ class App:
                 # A stale or foreign token earns a new place, not an error.
                 self.metrics.token_rejected("queue", exc.reason)
             else:
-                return self._place(room, claims, token, now)
+                return self._place(room, claims, token, now, None)
 
         phase = room.phase()
         if phase == "closed":
@@ -279,9 +284,14 @@ class App:
         except TokenError as exc:
             self.metrics.token_rejected("queue", exc.reason)
             return _error(401, exc.reason, exc.detail)
-        return self._place(room, claims, token, now)
+        return self._place(
+            room, claims, token, now, _query_param(request.query, "return")
+        )
 
-    def _place(self, room: Room, claims: Claims, token: str, now: float) -> Response:
+    def _place(
+        self, room: Room, claims: Claims, token: str, now: float, back: str | None
+    ) -> Response:
+        """Where a holder of a valid queue token stands; ``back`` is ``return=``."""
         room.check_in(claims.pos, claims.iat, now)
         if not room.is_admitted(claims.pos):
             eta = room.eta_s(claims.pos)
@@ -289,9 +299,18 @@ class App:
 
         # Counted once per position, however often the person asks.
         room.claim(claims.pos, now, max(0.0, now - claims.iat))
-        return self._admit(room, claims.sub, claims.pos, now)
+        config = room.config
+        redirect = safe_return(back, config.target_url, config.allowed_targets)
+        return self._admit(room, claims.sub, claims.pos, now, redirect)
 
-    def _admit(self, room: Room, sub: str, position: int, now: float) -> Response:
+    def _admit(
+        self,
+        room: Room,
+        sub: str,
+        position: int,
+        now: float,
+        redirect: str | None = None,
+    ) -> Response:
         ttl = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
         access = self.tokens.issue_access(room.name, sub, position, ttl, now)
         cookie = (
@@ -301,7 +320,7 @@ class App:
         body = {
             "state": "admitted",
             "position": position,
-            "redirect": room.config.target_url,
+            "redirect": redirect or room.config.target_url,
             "access_token": access,
         }
         return _json(200, body, [("set-cookie", cookie)])
@@ -417,17 +436,23 @@ class App:
             return _error(404, "unknown_room", f"no room named {room_name[:64]!r}")
 
         token = request.cookie(ACCESS_COOKIE) or request.bearer()
-        challenge = ("www-authenticate", 'Bearer realm="wr"')
         if not token:
-            return _error(401, "no_token", "no access token", challenge)
+            return _refused(request, "no_token", "no access token")
         try:
             claims = self.tokens.check(token, room_name, "access", self._clock())
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
-            return _error(401, exc.reason, exc.detail, challenge)
+            return _refused(request, exc.reason, exc.detail)
         return Response(
             204, headers=[_NO_STORE, ("x-wr-session", claims.sub)], content_type=None
         )
+
+    def jwks(self, request: Request) -> Response:
+        """The public keys of the ring as a JWK set; empty with HS256."""
+        body = orjson.dumps(self.tokens.jwks(self._clock()))
+        max_age = self.config.tokens.jwks_max_age_s
+        headers = [("cache-control", f"public, max-age={max_age}")]
+        return Response(200, body, headers, JWKS_CONTENT_TYPE)
 
     # Service endpoints.
 
@@ -479,6 +504,20 @@ def _log_access(request: Request, response: Response, now: float) -> None:
         response.status,
         len(response.body) if response.body else "-",
     )
+
+
+def _refused(request: Request, reason: str, detail: str) -> Response:
+    """verify's 401, with the original URL encoded for nginx's redirect.
+
+    nginx cannot percent-encode, so it sends the URL it guards in
+    ``X-Original-URI`` and reads ``X-WR-Return`` back (``auth_request_set``)
+    to build the waiting page's ``return=``; see examples/nginx/wr.conf.
+    """
+    headers = [("www-authenticate", 'Bearer realm="wr"')]
+    original = request.header(b"x-original-uri")
+    if original and len(original) <= MAX_RETURN_BYTES:
+        headers.append(("x-wr-return", quote(original, safe="")))
+    return _error(401, reason, detail, *headers)
 
 
 def _session_ttl_s(room: RoomConfig, default_s: int) -> int:

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from wr import __version__
 from wr.admincli import add_admin_commands
@@ -125,19 +129,29 @@ def _keygen(args: argparse.Namespace) -> int:
     except StateError as exc:
         print(f"wr: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
-    ring, created = KeyRing.load_or_create(config.state_dir)
+    tokens = config.tokens
+    ring, created = KeyRing.load_or_create(config.state_dir, tokens.algorithm)
     path = config.state_dir / "keys.json"
     if args.rotate and not created:
-        tokens = config.tokens
-        ring = ring.rotate(time.time(), max(tokens.queue_ttl_s, tokens.access_ttl_s))
+        # The new key is of the configured algorithm: rotating is also how
+        # a ring switches between HS256 and EdDSA.
+        keep_s = max(tokens.queue_ttl_s, tokens.access_ttl_s)
+        ring = ring.rotate(time.time(), keep_s, tokens.algorithm)
         ring.save(config.state_dir)
         print(
-            f"rotated: {path} active kid {ring.active}; "
+            f"rotated: {path} active kid {ring.active} ({tokens.algorithm}); "
             f"send SIGHUP to a running wr (systemctl reload wr) to sign with it"
         )
         return 0
     verb = "created" if created else "exists"
-    print(f"{verb}: {path} active kid {ring.active}")
+    alg = ring.algorithm_of(ring.active)
+    print(f"{verb}: {path} active kid {ring.active} ({alg})")
+    if alg != tokens.algorithm:
+        print(
+            f"wr: tokens.algorithm is {tokens.algorithm}: run `wr keygen --rotate`",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return 0
 
 
@@ -158,15 +172,20 @@ def _token_decode(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"signature: not checked (no key ring in {config.state_dir})")
         return 0
-    secret = ring.secrets.get(str(header.get("kid")))
+    kid = str(header.get("kid"))
+    secret = ring.secrets.get(kid)
     if secret is None:
         print("signature: unknown kid")
         return EXIT_INVALID_TOKEN
+    alg = ring.algorithm_of(kid)
+    key: bytes | Ed25519PublicKey = secret
+    if alg == "EdDSA":
+        key = Ed25519PrivateKey.from_private_bytes(secret).public_key()
     try:
         jwt.decode(
             args.token,
-            secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=[alg],
             options={"verify_exp": False, "verify_iat": False, "verify_aud": False},
         )
     except jwt.PyJWTError as exc:

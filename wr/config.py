@@ -66,13 +66,15 @@ MAX_DROPOFF_POSITIONS = 1 << 26
 MAX_POW_DIFFICULTY = 32
 
 ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# An http(s) origin, optionally with a trailing slash: letters, digits, dots
+# and dashes for the host (IDNs in their xn-- form), an optional port.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
 
 # Keys whose names are reserved by DESIGN.md for capabilities that later
 # versions add. Setting one to anything but its default would silently do
 # nothing, so it stops start-up instead.
 _NOT_YET = {
     "server.backend": "only 'memory' is available in this version",
-    "tokens.algorithm": "only 'HS256' is available in this version",
 }
 
 
@@ -162,6 +164,10 @@ class TokensConfig:
     algorithm: str = "HS256"
     queue_ttl_s: int = 86_400
     access_ttl_s: int = 3_600
+    # How long gateways may cache /.well-known/jwks.json. A new key is
+    # announced there before it signs (gateways also refetch on an unknown
+    # kid), so this only bounds how long a removed key lingers in caches.
+    jwks_max_age_s: int = 300
 
     def check(self, key: str) -> None:
         _require(
@@ -171,6 +177,11 @@ class TokensConfig:
         )
         _require(self.queue_ttl_s >= 60, f"{key}.queue_ttl_s", "must be >= 60")
         _require(self.access_ttl_s >= 60, f"{key}.access_ttl_s", "must be >= 60")
+        _require(
+            0 <= self.jwks_max_age_s <= 86_400,
+            f"{key}.jwks_max_age_s",
+            "must be 0..86400",
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -238,6 +249,9 @@ class RoomConfig:
     paused: bool = False
     closed: bool = False
     passthrough: bool = False
+    # Origins (``https://m.shop.example``) besides target_url's that the
+    # waiting page may send an admitted person back to (``return=``).
+    allowed_targets: tuple[str, ...] = ()
 
     def check(self, key: str) -> None:
         _require(
@@ -251,6 +265,12 @@ class RoomConfig:
             f"{key}.target_url",
             "must be an http(s) URL or a path starting with '/'",
         )
+        for index, origin in enumerate(self.allowed_targets):
+            _require(
+                ORIGIN.fullmatch(origin) is not None,
+                f"{key}.allowed_targets[{index}]",
+                f"must be an origin like https://host[:port], got {origin[:100]!r}",
+            )
         if self.session_minutes is not None:
             _require(
                 self.session_minutes > 0,
@@ -456,6 +476,12 @@ def _section(cls: type[Any], table: Any, key: str) -> Any:
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type; ints are accepted as floats."""
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) for item in value
+        ):
+            raise ConfigError(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
     allowed = typing.get_args(hint) if typing.get_origin(hint) else (hint,)
     if value is None and type(None) in allowed:
         return None

@@ -96,7 +96,8 @@ class Supervisor:
         try:
             prepare_state_dir(state_dir)
             self._lock_fd = _lock_state_dir(state_dir)
-            KeyRing.load_or_create(state_dir)
+            ring, _ = KeyRing.load_or_create(state_dir, self.config.tokens.algorithm)
+            ring.check_algorithm(self.config.tokens.algorithm)
             if self.config.admin.enabled:
                 admin_token(self.config, create=True)
             self.block = SharedBlock(
@@ -215,7 +216,7 @@ class Supervisor:
         notify("RELOADING=1")
         try:
             config = self._load()
-            KeyRing.load(config.state_dir)
+            KeyRing.load(config.state_dir).check_algorithm(config.tokens.algorithm)
             self.steward.reconfigure(
                 effective_rooms(config, self.overrides.load()), now
             )

@@ -2,13 +2,18 @@
 
 A queue token says "this session holds position ``pos`` in ``room``"; an
 access token says "this session may enter ``room`` until ``exp``". Both are
-HS256 JWTs with the signing key's ``kid`` in the header (DESIGN.md, Tokens).
-Issuing and checking on the request path use :class:`wr.hs256.HS256Codec`;
-pyjwt serves every other path (``wr token decode``) and is the reference the
-codec is tested against.
+JWTs with the signing key's ``kid`` in the header (DESIGN.md, Tokens), signed
+with ``tokens.algorithm``: HS256 (the default) or EdDSA (Ed25519).
+
+HS256 tokens are issued and checked on the request path by
+:class:`wr.hs256.HS256Codec`; EdDSA tokens by :class:`wr.eddsa.EdDSACodec`,
+which uses pyjwt. Only the configured algorithm is ever accepted: a ring may
+still hold keys of the other one (after a switch), and those verify nothing.
 
 The key ring lives in ``<state_dir>/keys.json`` (mode 0600). It is created on
-first start and reused afterwards, so tokens survive restarts.
+first start and reused afterwards, so tokens survive restarts. With EdDSA the
+public halves of the ring's keys are published as a JWK set
+(:meth:`Tokens.jwks`, served at ``/.well-known/jwks.json``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from wr.config import TokensConfig
-from wr.hs256 import HS256Codec, MalformedToken, b64url_decode
+from wr.eddsa import SEED_BYTES, EdDSACodec, public_jwk, token_header
+from wr.hs256 import HS256Codec, MalformedToken
 
 __all__ = [
+    "ALGORITHMS",
     "LEEWAY_S",
     "REASONS",
     "Claims",
@@ -49,6 +56,7 @@ LEEWAY_S = 5
 KEYS_FILE = "keys.json"
 # 256-bit secrets: what RFC 7518 section 3.2 asks of an HS256 key.
 SECRET_BYTES = 32
+ALGORITHMS = ("HS256", "EdDSA")
 
 # Every reason a token can be refused for; metrics are labelled with these.
 REASONS = (
@@ -76,6 +84,14 @@ class KeyRingError(Exception):
     """The key ring file is missing, unreadable or invalid."""
 
 
+class Codec(Protocol):
+    """Signs claims and checks tokens for one algorithm and a set of keys."""
+
+    def encode(self, claims: Mapping[str, Any]) -> str: ...
+
+    def decode(self, token: str) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     sub: str
@@ -94,8 +110,11 @@ def new_session_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeyRing:
-    """Signing secrets by ``kid``; ``active`` signs new tokens.
+    """Signing keys by ``kid``; ``active`` signs new tokens.
 
+    ``secrets`` holds an HS256 secret or an Ed25519 private key (its 32-byte
+    seed, RFC 8032 section 5.1.5) per kid; ``algorithms`` says which, and a
+    kid missing from it is HS256 (rings written before EdDSA existed).
     ``retired`` maps each former signing key to the time it stopped signing.
     A retired key still verifies the tokens it signed until the longest of
     them has expired; :meth:`rotate` then drops it.
@@ -104,20 +123,69 @@ class KeyRing:
     active: str
     secrets: Mapping[str, bytes]
     retired: Mapping[str, int] = field(default_factory=dict)
+    algorithms: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every kid gets its algorithm spelled out, so that equal rings
+        # compare equal however they were built.
+        algorithms = {kid: self.algorithms.get(kid, "HS256") for kid in self.secrets}
+        object.__setattr__(self, "algorithms", algorithms)
 
     @classmethod
-    def generate(cls) -> KeyRing:
+    def generate(cls, algorithm: str = "HS256") -> KeyRing:
         kid = secrets.token_hex(8)
-        return cls(active=kid, secrets={kid: secrets.token_bytes(SECRET_BYTES)})
+        return cls(
+            active=kid,
+            secrets={kid: _new_key(algorithm)},
+            algorithms={kid: algorithm},
+        )
 
-    def rotate(self, now: float, keep_s: int) -> KeyRing:
-        """A ring whose new key signs; older keys verify for ``keep_s`` more."""
+    def algorithm_of(self, kid: str) -> str:
+        return self.algorithms[kid]
+
+    def keys_for(self, algorithm: str) -> dict[str, bytes]:
+        """The ring's keys of one algorithm: all that can verify under it."""
+        return {
+            kid: key
+            for kid, key in self.secrets.items()
+            if self.algorithm_of(kid) == algorithm
+        }
+
+    def check_algorithm(self, algorithm: str) -> None:
+        """Refuse a ring whose signing key is not of the configured algorithm."""
+        signing = self.algorithm_of(self.active)
+        if signing != algorithm:
+            raise KeyRingError(
+                f"{KEYS_FILE}: signs with {signing} but tokens.algorithm is "
+                f"{algorithm}; run `wr keygen --rotate` to add a {algorithm} key "
+                f"(tokens signed with {signing} are refused from then on)"
+            )
+
+    def rotate(self, now: float, keep_s: int, algorithm: str | None = None) -> KeyRing:
+        """A ring whose new key signs; older keys verify for ``keep_s`` more.
+
+        The new key is of ``algorithm`` (None: the algorithm of the key it
+        replaces).
+        """
+        algorithm = algorithm or self.algorithm_of(self.active)
         kid = secrets.token_hex(8)
         retired = {**self.retired, self.active: int(now)}
         retired = {k: at for k, at in retired.items() if at + keep_s > now}
         keys = {k: v for k, v in self.secrets.items() if k in retired}
-        keys[kid] = secrets.token_bytes(SECRET_BYTES)
-        return KeyRing(active=kid, secrets=keys, retired=retired)
+        algorithms = {k: self.algorithm_of(k) for k in keys}
+        keys[kid] = _new_key(algorithm)
+        algorithms[kid] = algorithm
+        return KeyRing(active=kid, secrets=keys, retired=retired, algorithms=algorithms)
+
+    def verifying_kids(self, now: float, keep_s: int) -> list[str]:
+        """The kids whose tokens may still be valid: the active one first."""
+        kids = [self.active]
+        kids += [
+            kid
+            for kid, at in sorted(self.retired.items(), key=lambda item: -item[1])
+            if kid != self.active and kid in self.secrets and at + keep_s > now
+        ]
+        return kids
 
     @classmethod
     def load(cls, state_dir: Path) -> KeyRing:
@@ -137,7 +205,16 @@ class KeyRing:
                 for item in data["keys"]
                 if item.get("retired_at") is not None
             }
-            ring = cls(active=_kid(data["active"]), secrets=keys, retired=retired)
+            algorithms = {
+                _kid(item["kid"]): _algorithm(item.get("alg", "HS256"))
+                for item in data["keys"]
+            }
+            ring = cls(
+                active=_kid(data["active"]),
+                secrets=keys,
+                retired=retired,
+                algorithms=algorithms,
+            )
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -151,17 +228,31 @@ class KeyRing:
             )
         if ring.active not in ring.secrets:
             raise KeyRingError(f"{path}: active kid {ring.active!r} has no secret")
-        if any(len(secret) < SECRET_BYTES for secret in ring.secrets.values()):
-            raise KeyRingError(f"{path}: secrets must be at least {SECRET_BYTES} bytes")
+        for kid, secret in ring.secrets.items():
+            if ring.algorithm_of(kid) == "EdDSA":
+                if len(secret) != SEED_BYTES:
+                    raise KeyRingError(
+                        f"{path}: Ed25519 key {kid!r} must be {SEED_BYTES} bytes"
+                    )
+            elif len(secret) < SECRET_BYTES:
+                raise KeyRingError(
+                    f"{path}: secrets must be at least {SECRET_BYTES} bytes"
+                )
         return ring
 
     @classmethod
-    def load_or_create(cls, state_dir: Path) -> tuple[KeyRing, bool]:
-        """The ring in ``state_dir``, created if absent; True if it was created."""
+    def load_or_create(
+        cls, state_dir: Path, algorithm: str = "HS256"
+    ) -> tuple[KeyRing, bool]:
+        """The ring in ``state_dir``, created if absent; True if it was created.
+
+        A new ring signs with ``algorithm``; an existing one is returned as
+        it is (see :meth:`check_algorithm`).
+        """
         try:
             return cls.load(state_dir), False
         except FileNotFoundError:
-            ring = cls.generate()
+            ring = cls.generate(algorithm)
             ring.save(state_dir)
             log.info(
                 "created key ring path=%s kid=%s", state_dir / KEYS_FILE, ring.active
@@ -176,6 +267,7 @@ class KeyRing:
             "keys": [
                 {
                     "kid": kid,
+                    "alg": self.algorithm_of(kid),
                     "secret": base64.urlsafe_b64encode(secret).decode(),
                     "retired_at": self.retired.get(kid),
                 }
@@ -183,6 +275,20 @@ class KeyRing:
             ],
         }
         write_private_file(state_dir / KEYS_FILE, orjson.dumps(data))
+
+
+def _new_key(algorithm: str) -> bytes:
+    if algorithm == "EdDSA":
+        return secrets.token_bytes(SEED_BYTES)
+    if algorithm == "HS256":
+        return secrets.token_bytes(SECRET_BYTES)
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def _algorithm(value: object) -> str:
+    if value not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {value!r}")
+    return str(value)
 
 
 def _kid(value: object) -> str:
@@ -221,9 +327,25 @@ class Tokens:
     """Issue and check the two kinds of token with one key ring."""
 
     def __init__(self, ring: KeyRing, config: TokensConfig) -> None:
+        ring.check_algorithm(config.algorithm)
         self.ring = ring
         self.config = config
-        self._codec = HS256Codec(ring.secrets, ring.active)
+        self._keys = ring.keys_for(config.algorithm)
+        self._codec: Codec
+        if config.algorithm == "EdDSA":
+            self._codec = EdDSACodec(self._keys, ring.active)
+            self._jwks = {kid: public_jwk(kid, key) for kid, key in self._keys.items()}
+        else:
+            self._codec = HS256Codec(self._keys, ring.active)
+            # Secrets are never published.
+            self._jwks = {}
+        # A retired key is announced as long as tokens it signed can live.
+        self._keep_s = max(config.queue_ttl_s, config.access_ttl_s) + LEEWAY_S
+
+    def jwks(self, now: float) -> dict[str, Any]:
+        """The public keys that verify tokens valid at ``now`` (RFC 7517 5)."""
+        kids = self.ring.verifying_kids(now, self._keep_s)
+        return {"keys": [self._jwks[kid] for kid in kids if kid in self._jwks]}
 
     def issue_queue(
         self, room: str, sub: str, pos: int, eta: int | None, now: float
@@ -289,18 +411,15 @@ class Tokens:
 
     def _explain_header(self, token: str) -> TokenError:
         # Off the hot path: the token was refused already, this only says why.
-        try:
-            header = orjson.loads(b64url_decode(token.split(".", 1)[0].encode()))
-        except (ValueError, binascii.Error, UnicodeEncodeError):
-            return TokenError("malformed", "token header is not base64 JSON")
-        if not isinstance(header, dict):
-            return TokenError("malformed", "token header is not a JSON object")
-        if header.get("alg") != "HS256":
+        header = token_header(token)
+        if header is None:
+            return TokenError("malformed", "token header is not a base64 JSON object")
+        if header.get("alg") != self.config.algorithm:
             return TokenError("bad_algorithm", "token algorithm is not accepted")
         kid = header.get("kid")
         if kid is None:
             return TokenError("unknown_kid", "token has no kid")
-        if not isinstance(kid, str) or kid not in self.ring.secrets:
+        if not isinstance(kid, str) or kid not in self._keys:
             return TokenError("unknown_kid", "token kid is not known")
         return TokenError("malformed", "token header is not one we issue")
 

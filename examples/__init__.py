@@ -1,0 +1,1 @@
+"""Sites guarded by wr: nginx (``nginx/wr.conf``) and two Python apps."""
