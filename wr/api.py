@@ -178,7 +178,9 @@ class App:
         token = request.bearer() or request.cookie(QUEUE_COOKIE)
         if token:
             try:
-                claims = self.tokens.check(token, room.name, "queue", now)
+                claims = self.tokens.check(
+                    token, room.name, "queue", now, room.reset_at
+                )
             except TokenError as exc:
                 # A stale or foreign token earns a new place, not an error.
                 self.metrics.token_rejected("queue", exc.reason)
@@ -201,7 +203,9 @@ class App:
         room.check_in(position, now, now)
         eta = room.eta_s(position)
         room.last_eta = -1 if eta is None else eta
-        token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
+        token = self.tokens.issue_queue(
+            room.name, new_session_id(), position, eta, room.issue_time(now)
+        )
         return self._waiting(room, position, token, eta, set_cookie=True)
 
     def status(self, request: Request, room: Room) -> Response:
@@ -211,7 +215,7 @@ class App:
             return _error(401, "no_token", "join the room first")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "queue", now)
+            claims = self.tokens.check(token, room.name, "queue", now, room.reset_at)
         except TokenError as exc:
             self.metrics.token_rejected("queue", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -229,7 +233,9 @@ class App:
 
     def _admit(self, room: Room, sub: str, position: int, now: float) -> Response:
         ttl = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
-        access = self.tokens.issue_access(room.name, sub, position, ttl, now)
+        access = self.tokens.issue_access(
+            room.name, sub, position, ttl, room.issue_time(now)
+        )
         cookie = (
             f"{ACCESS_COOKIE}={access}; Path=/; Max-Age={ttl}; HttpOnly; "
             f"SameSite=Lax{self._secure}"
@@ -294,7 +300,7 @@ class App:
             return _error(401, "no_token", "no access token")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "access", now)
+            claims = self.tokens.check(token, room.name, "access", now, room.reset_at)
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -310,7 +316,7 @@ class App:
         token = _query_param(request.query, "token") or ""
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "bypass", now)
+            claims = self.tokens.check(token, room.name, "bypass", now, room.reset_at)
         except TokenError as exc:
             self.metrics.token_rejected("bypass", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -348,7 +354,8 @@ class App:
             if len(self.rooms) != 1:
                 return _error(400, "room_required", "say which room: ?room=NAME")
             room_name = next(iter(self.rooms))
-        if room_name not in self.rooms:
+        room = self.rooms.get(room_name)
+        if room is None:
             return _error(404, "unknown_room", f"no room named {room_name[:64]!r}")
 
         token = request.cookie(ACCESS_COOKIE) or request.bearer()
@@ -356,7 +363,9 @@ class App:
         if not token:
             return _error(401, "no_token", "no access token", challenge)
         try:
-            claims = self.tokens.check(token, room_name, "access", self._clock())
+            claims = self.tokens.check(
+                token, room_name, "access", self._clock(), room.reset_at
+            )
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _error(401, exc.reason, exc.detail, challenge)
@@ -389,9 +398,9 @@ class App:
         """The demo "you're in" page: shown with a valid access token only."""
         token = request.cookie(ACCESS_COOKIE) or ""
         now = self._clock()
-        for name in self.rooms:
+        for name, room in self.rooms.items():
             try:
-                self.tokens.check(token, name, "access", now)
+                self.tokens.check(token, name, "access", now, room.reset_at)
             except TokenError:
                 continue
             page = self.static.get("inside.html")
