@@ -200,6 +200,7 @@ def exchange(port: int, case: Case) -> tuple[bytes, bool, socket.socket]:
     return bytes(received), closed, sock
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_case_against_a_live_server(live: WrServer, case: Case) -> None:
     before = bad_requests(live)

@@ -13,6 +13,8 @@ import pytest
 from tests.serverproc import WrServer, wait_for
 from tests.test_admin_e2e import admin, wr_admin
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 workers = 2

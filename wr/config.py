@@ -134,6 +134,9 @@ class HttpConfig:
     max_connections: int = 10_000
     # Pause reading from a client whose unread responses exceed this.
     write_buffer_bytes: int = 256 * 1024
+    # A client that takes none of its responses for this long (paused, or
+    # closing with a full buffer) is dropped: it holds a connection slot.
+    write_timeout_s: float = 30.0
     # Cookies carry the Secure attribute (set when served over HTTPS).
     secure_cookies: bool = False
 
@@ -147,7 +150,7 @@ class HttpConfig:
             "write_buffer_bytes",
         ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        for name in ("header_timeout_s", "keepalive_timeout_s"):
+        for name in ("header_timeout_s", "keepalive_timeout_s", "write_timeout_s"):
             _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
 
 

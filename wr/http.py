@@ -517,7 +517,8 @@ class HttpProtocol(asyncio.Protocol):
         requests = conn.requests
         conn.receive(data)
         self._flush()
-        if self._transport is None or self._transport.is_closing():
+        # Paused by that flush: the write timer runs instead (pause_writing).
+        if self._transport is None or self._transport.is_closing() or self._paused:
             return
 
         # Re-arm the timer that fits where the connection now stands. A
@@ -542,14 +543,23 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests.
+        # The head timer stops too (we are the ones not reading); the client
+        # gets write_timeout_s to take its responses before it is dropped.
         if self._transport is not None and not self._paused:
             self._paused = True
             self._transport.pause_reading()
+            self._arm_write()
 
     def resume_writing(self) -> None:
         if self._transport is not None and self._paused:
             self._paused = False
             self._transport.resume_reading()
+            if self._transport.is_closing():
+                return
+            if self._conn.in_request:
+                self._arm(self._state.limits.header_timeout_s, head=True)
+            else:
+                self._arm_idle()
 
     def drain(self) -> None:
         self._conn.draining = True
@@ -577,6 +587,21 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+            # close() waits for the client to take what is buffered; one
+            # that never reads would hold the connection for ever.
+            self._arm_write()
+
+    def _arm_write(self) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(
+            self._state.limits.write_timeout_s, self._on_write_timeout
+        )
+
+    def _on_write_timeout(self) -> None:
+        self._timer = None
+        log.debug("dropped a client that reads nothing peer=%s", self._conn.peer)
+        if self._transport is not None:
+            self._transport.abort()
 
     def _arm_idle(self) -> None:
         self._arm(self._state.limits.keepalive_timeout_s, head=False)
