@@ -74,6 +74,7 @@ class App:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         ready: Callable[[], bool] = lambda: True,
+        save_failing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.rooms = rooms
@@ -83,6 +84,7 @@ class App:
         self._clock = clock
         self._rand = rand
         self._ready = ready
+        self._save_failing = save_failing
         self._secure = "; Secure" if config.http.secure_cookies else ""
         self._count = config.metrics.enabled
         self._access_log = config.server.access_log
@@ -379,8 +381,17 @@ class App:
         return _json(200, {"status": "alive"})
 
     def readyz(self, request: Request) -> Response:
+        """Ready while it takes new work; a failing state dir is only reported.
+
+        Saves failing leave the host serving from memory, as well as ever;
+        taking it out of rotation for that would turn a risk to the crash
+        guarantee into an outage, on the only host of a small deployment
+        at once. So the answer stays 200 and says ``"state": "failing"``,
+        for monitoring (also ``wr_state_save_failing``) to page on.
+        """
         if self._ready():
-            return _json(200, {"status": "ready"})
+            state = "failing" if self._save_failing() else "saved"
+            return _json(200, {"status": "ready", "state": state})
         return _error(503, "not_ready", "not accepting new work", ("retry-after", "1"))
 
     def metrics_page(self, request: Request) -> Response:

@@ -138,6 +138,7 @@ class Worker:
             self.metrics,
             StaticFiles.load(static_dir),
             ready=lambda: self.ready,
+            save_failing=lambda: bool(self.block.header.save_failing),
         )
 
     def reload(self) -> None:
