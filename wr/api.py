@@ -308,7 +308,11 @@ class App:
             return _error(401, exc.reason, exc.detail)
         session_s = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
         room.leave(claims.pos, claims.iat, now, session_s)
-        expired = f"{ACCESS_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        # The same attributes as when it was set: a browser may keep a
+        # Secure cookie that a plainer Set-Cookie tries to clear.
+        expired = (
+            f"{ACCESS_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{self._secure}"
+        )
         return Response(
             204, headers=[_NO_STORE, ("set-cookie", expired)], content_type=None
         )

@@ -233,6 +233,14 @@ class RoomConfig:
             f"{key}.target_url",
             "must be an http(s) URL or a path starting with '/'",
         )
+        # It becomes a Location header: CR/LF would split the response, and
+        # browsers read "/\\host" as "//host", another site.
+        _require(
+            all("!" <= c <= "~" for c in self.target_url)
+            and "\\" not in self.target_url,
+            f"{key}.target_url",
+            "must be printable ASCII without spaces or backslashes",
+        )
         if self.session_minutes is not None:
             _require(
                 self.session_minutes > 0,
