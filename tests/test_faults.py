@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.serverproc import WrServer, wait_for
+from tests.serverproc import WrServer, running, wait_for
 from tests.test_api import World
 from wr.api import App
 from wr.http import Request
@@ -120,10 +120,7 @@ def saves_fail_and_recover(
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
-    wr = WrServer(tmp_path, CONFIG).start()
-    yield wr
-    if wr.proc is not None and wr.proc.poll() is None:
-        wr.stop()
+    yield from running(tmp_path, CONFIG)
 
 
 @pytest.mark.slow

@@ -10,8 +10,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.serverproc import WrServer, wait_for
+from tests.serverproc import WrServer, running, wait_for
 from tests.test_admin_e2e import admin, wr_admin
+from tests.test_workers import join as join_at
+from tests.test_workers import status as status_at
 
 pytestmark = pytest.mark.slow
 
@@ -27,26 +29,15 @@ target_url = "/inside"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
-    wr = WrServer(tmp_path, CONFIG).start()
-    yield wr
-    if wr.proc is not None and wr.proc.poll() is None:
-        wr.stop()
+    yield from running(tmp_path, CONFIG)
 
 
 def join(server: WrServer) -> dict[str, object]:
-    answer = httpx.post(f"{server.base}/api/v1/rooms/default/join", timeout=5.0)
-    assert answer.status_code == 200, answer.text
-    data: dict[str, object] = answer.json()
-    return data
+    return join_at(server.base)
 
 
 def status(server: WrServer, token: object) -> httpx.Response:
-    # A fresh connection each time, so both workers get asked.
-    return httpx.get(
-        f"{server.base}/api/v1/rooms/default/status",
-        headers={"authorization": f"Bearer {token}", "connection": "close"},
-        timeout=5.0,
-    )
+    return status_at(server.base, token)
 
 
 def refused_for_reset(server: WrServer, token: object, asks: int = 6) -> bool:
