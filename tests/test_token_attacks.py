@@ -370,3 +370,17 @@ def test_a_bypass_link_minted_before_a_reset_is_void(world: World) -> None:
     response = present(world, "bypass", token)
     assert body(response)["error"] == "reset"
     assert rejections(world, "bypass", "reset") == 1
+
+
+def test_a_place_taken_between_two_resets_in_one_second_is_void(
+    world: World,
+) -> None:
+    room = world.rooms[ROOM]
+    room.reset(world.clock.now)
+    between = world.join()
+    room.reset(world.clock.now)
+    room.pass_over_reset()
+
+    refused = world.status(str(between["queue_token"]))
+    assert body(refused)["error"] == "reset"
+    assert world.join()["ahead"] == 0

@@ -180,9 +180,7 @@ class App:
         token = request.bearer() or request.cookie(QUEUE_COOKIE)
         if token:
             try:
-                claims = self.tokens.check(
-                    token, room.name, "queue", now, room.reset_at
-                )
+                claims = self._check_queue(token, room, now)
             except TokenError as exc:
                 # A stale or foreign token earns a new place, not an error.
                 self.metrics.token_rejected("queue", exc.reason)
@@ -217,11 +215,19 @@ class App:
             return _error(401, "no_token", "join the room first")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "queue", now, room.reset_at)
+            claims = self._check_queue(token, room, now)
         except TokenError as exc:
             self.metrics.token_rejected("queue", exc.reason)
             return _error(401, exc.reason, exc.detail)
         return self._place(room, claims, token, now)
+
+    def _check_queue(self, token: str, room: Room, now: float) -> Claims:
+        claims = self.tokens.check(token, room.name, "queue", now, room.reset_at)
+        # Tokens carry whole seconds; a place in the old line is known by
+        # its position too, which two resets in one second cannot blur.
+        if claims.pos < room.reset_position:
+            raise TokenError("reset", "token was issued before the room was reset")
+        return claims
 
     def _place(self, room: Room, claims: Claims, token: str, now: float) -> Response:
         room.check_in(claims.pos, claims.iat, now)
