@@ -384,3 +384,26 @@ def test_a_place_taken_between_two_resets_in_one_second_is_void(
     refused = world.status(str(between["queue_token"]))
     assert body(refused)["error"] == "reset"
     assert world.join()["ahead"] == 0
+
+
+def test_an_admission_between_two_resets_in_one_second_is_void(
+    world: World,
+) -> None:
+    room = world.rooms[ROOM]
+    room.reset(world.clock.now)
+    between = world.join()
+    world.admit(ROOM, 1.0)
+    access = body(world.status(str(between["queue_token"])))["access_token"]
+    room.reset(world.clock.now)
+
+    assert body(present(world, "access", str(access)))["error"] == "reset"
+
+
+def test_a_bypass_admission_after_a_reset_is_let_in(world: World) -> None:
+    world.rooms[ROOM].reset(T0 - 10)
+    world.rooms[ROOM].pass_over_reset()
+    response = present(world, "bypass", valid(world, "bypass"))
+    assert response.status == 302
+    access = next(v for k, v in response.headers if k == "set-cookie")
+    token = access.split(";", 1)[0].split("=", 1)[1]
+    assert present(world, "access", token).status == 204

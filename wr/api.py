@@ -180,7 +180,7 @@ class App:
         token = request.bearer() or request.cookie(QUEUE_COOKIE)
         if token:
             try:
-                claims = self._check_queue(token, room, now)
+                claims = self._check(token, room, "queue", now)
             except TokenError as exc:
                 # A stale or foreign token earns a new place, not an error.
                 self.metrics.token_rejected("queue", exc.reason)
@@ -215,17 +215,19 @@ class App:
             return _error(401, "no_token", "join the room first")
         now = self._clock()
         try:
-            claims = self._check_queue(token, room, now)
+            claims = self._check(token, room, "queue", now)
         except TokenError as exc:
             self.metrics.token_rejected("queue", exc.reason)
             return _error(401, exc.reason, exc.detail)
         return self._place(room, claims, token, now)
 
-    def _check_queue(self, token: str, room: Room, now: float) -> Claims:
-        claims = self.tokens.check(token, room.name, "queue", now, room.reset_at)
+    def _check(self, token: str, room: Room, typ: str, now: float) -> Claims:
+        """A valid token of kind ``typ`` for ``room``, or TokenError."""
+        claims = self.tokens.check(token, room.name, typ, now, room.reset_at)
         # Tokens carry whole seconds; a place in the old line is known by
         # its position too, which two resets in one second cannot blur.
-        if claims.pos < room.reset_position:
+        # (Bypass admissions carry no place: their pos is 0 or negative.)
+        if 0 < claims.pos < room.reset_position:
             raise TokenError("reset", "token was issued before the room was reset")
         return claims
 
@@ -308,7 +310,7 @@ class App:
             return _error(401, "no_token", "no access token")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "access", now, room.reset_at)
+            claims = self._check(token, room, "access", now)
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -328,7 +330,7 @@ class App:
         token = _query_param(request.query, "token") or ""
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "bypass", now, room.reset_at)
+            claims = self._check(token, room, "bypass", now)
         except TokenError as exc:
             self.metrics.token_rejected("bypass", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -375,9 +377,7 @@ class App:
         if not token:
             return _error(401, "no_token", "no access token", challenge)
         try:
-            claims = self.tokens.check(
-                token, room_name, "access", self._clock(), room.reset_at
-            )
+            claims = self._check(token, room, "access", self._clock())
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _error(401, exc.reason, exc.detail, challenge)
@@ -419,9 +419,9 @@ class App:
         """The demo "you're in" page: shown with a valid access token only."""
         token = request.cookie(ACCESS_COOKIE) or ""
         now = self._clock()
-        for name, room in self.rooms.items():
+        for room in self.rooms.values():
             try:
-                self.tokens.check(token, name, "access", now, room.reset_at)
+                self._check(token, room, "access", now)
             except TokenError:
                 continue
             page = self.static.get("inside.html")
