@@ -39,7 +39,12 @@ def config(workers: int = 2, rate: float = 1) -> str:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
     wr = WrServer(tmp_path, config()).start()
-    wait_for(lambda: len(wr.worker_pids()) == 2, 10.0, "two workers")
+    # Both workers have sent a heartbeat (the supervisor then says it
+    # listens): a worker stopped before its first one would only be
+    # judged after the start-up grace, longer than the tests wait.
+    wait_for(
+        lambda: "workers=2" in wr.log.read_text(), 20.0, "both workers' heartbeats"
+    )
     yield wr
     if wr.proc is not None and wr.proc.poll() is None:
         wr.stop()
