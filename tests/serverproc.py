@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +40,14 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(poll_s)
+
+
+def running(tmp: Path, config_toml: str) -> Iterator[WrServer]:
+    """A started server for a fixture to yield; stopped after, if still up."""
+    wr = WrServer(tmp, config_toml).start()
+    yield wr
+    if wr.proc is not None and wr.proc.poll() is None:
+        wr.stop()
 
 
 class WrServer:

@@ -639,6 +639,63 @@ def test_pause_writing_pauses_reading_until_resume_writing() -> None:
     assert transport.reading
 
 
+def test_a_paused_connection_gets_no_408_for_the_requests_we_did_not_read() -> None:
+    server = Server()
+    protocol, transport = server.connect()
+    protocol.data_received(get("/a") + b"GET /b HTTP/1.1\r\nHo")
+    protocol.pause_writing()
+
+    server.loop.advance(LIMITS.header_timeout_s * 3)
+    assert [r.status for r in parse_replies(transport.take())] == [200]
+    assert not transport.closed
+
+    # Resumed, the unfinished request gets a whole head timeout of its own.
+    protocol.resume_writing()
+    server.loop.advance(LIMITS.header_timeout_s - 0.01)
+    protocol.data_received(b"st: x\r\n\r\n")
+    assert [r.json()["path"] for r in parse_replies(transport.take())] == ["/b"]
+
+
+def test_a_client_that_reads_nothing_for_the_write_timeout_is_dropped() -> None:
+    server = Server()
+    protocol, transport = server.connect()
+    protocol.data_received(get("/a"))
+    protocol.pause_writing()
+
+    server.loop.advance(LIMITS.write_timeout_s - 0.01)
+    assert not transport.aborted
+    server.loop.advance(0.02)
+    assert transport.aborted
+    server.loop.run_ready()
+    assert server.state.connections == set()
+
+
+def test_a_pause_during_data_received_is_not_undone_by_its_timers() -> None:
+    server = Server()
+    protocol, transport = server.connect()
+    transport.write = lambda data: protocol.pause_writing()  # type: ignore[method-assign]
+
+    protocol.data_received(get("/a"))
+    # The idle timer would close politely; the write timer aborts.
+    server.loop.advance(max(LIMITS.keepalive_timeout_s, LIMITS.write_timeout_s))
+    assert transport.aborted
+
+
+def test_a_closing_connection_whose_client_reads_nothing_is_aborted() -> None:
+    server = Server()
+    protocol = HttpProtocol(server.state, server.loop)
+    # A transport that, like a real one with a full buffer, stays open
+    # after close() until the client takes what is left.
+    transport = FakeTransport(None)
+    transport.connect(protocol)
+    protocol.data_received(get("/", "Connection: close"))
+    assert transport.closed
+    assert not transport.aborted
+
+    server.loop.advance(LIMITS.write_timeout_s + 0.01)
+    assert transport.aborted
+
+
 def test_drain_closes_idle_connections_and_lets_a_request_in_flight_finish() -> None:
     server = Server()
     idle_protocol, idle = server.connect()

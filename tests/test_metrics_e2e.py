@@ -112,9 +112,13 @@ def settled_scrape(
     def complete() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
         samples = scrape(server)
         joins = total(samples, "wr_http_requests_total", route="join", code="200")
-        return samples if joins == JOINS else None
+        garbage = total(samples, "wr_http_bad_requests_total", code="400")
+        bad = total(samples, "wr_token_rejections_total", kind="queue")
+        return (
+            samples if (joins, garbage, bad) == (JOINS, GARBAGE, BAD_TOKENS) else None
+        )
 
-    return wait_for(complete, 10.0, "every join counted", poll_s=0.2)
+    return wait_for(complete, 10.0, "every request counted", poll_s=0.2)
 
 
 def test_both_workers_served_the_joins(traffic: WrServer) -> None:

@@ -211,6 +211,17 @@ def test_issued_past_next_position_is_refused(tmp_path: Path) -> None:
     assert refusal(tmp_path).endswith("corrupt (unexpected content)")
 
 
+def test_a_reset_position_past_next_position_is_refused(tmp_path: Path) -> None:
+    write_state(tmp_path, state_bytes({"a": good_room(reset_position=11)}))
+    assert refusal(tmp_path).endswith("corrupt (unexpected content)")
+
+
+def test_a_file_from_before_resets_existed_has_none(tmp_path: Path) -> None:
+    write_state(tmp_path, state_bytes({"a": good_room()}))
+    room = load_state(tmp_path)["a"]
+    assert (room.reset_at, room.reset_position) == (0, 0)
+
+
 def test_a_file_without_issued_counts_every_position_as_issued(
     tmp_path: Path,
 ) -> None:
@@ -281,6 +292,7 @@ def test_saved_state_loads_back_the_same(tmp_path: Path) -> None:
             draw_gaps=((3, 300), (700, 800)),
         ),
         "quiet": RoomState(next_position=3, serving=2, claimed=0, admitted=2),
+        "reset": RoomState(next_position=50, reset_at=1_800_000_001, reset_position=41),
     }
     save_state(tmp_path, rooms)
     assert load_state(tmp_path) == rooms

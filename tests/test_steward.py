@@ -465,3 +465,27 @@ def test_a_spike_of_joins_raises_the_proof_of_work_and_calm_lowers_it(
     now += 1.0
     steward.step(now)
     assert room.pow_difficulty == 4
+
+
+# Resets.
+
+
+def test_a_reset_is_saved_passed_over_and_restored(state_dir: Path) -> None:
+    steward = new_steward(state_dir, configs(sale=60))
+    room = steward.rooms["sale"]
+    join(room, 30)
+    reset_at, first = room.reset(1_800_000_000.5)
+    steward.step(STEP_INTERVAL_S)
+
+    state = saved(state_dir, "sale")
+    assert (state.reset_at, state.reset_position) == (reset_at, first)
+    assert first == 31
+    assert room.waiting == 0
+    assert state.next_position >= 31
+
+    # After a restart the reset still holds, and the line goes on from it.
+    again = new_steward(state_dir, configs(sale=60))
+    restored = again.rooms["sale"]
+    assert (restored.reset_at, restored.reset_position) == (reset_at, first)
+    assert restored.next_position > 30
+    assert restored.waiting == 0

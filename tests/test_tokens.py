@@ -381,6 +381,18 @@ def test_access_token_used_as_queue_token_is_wrong_type(tokens: Tokens) -> None:
     assert reason(tokens, token, typ="queue") == "wrong_type"
 
 
+# reset
+
+
+def test_token_issued_before_the_room_reset_is_refused(tokens: Tokens) -> None:
+    token = tokens.issue_access(ROOM, SUB, 1, ttl_s=60, now=NOW)
+
+    with pytest.raises(TokenError) as refused:
+        tokens.check(token, ROOM, "access", NOW, not_before=int(NOW) + 1)
+    assert refused.value.reason == "reset"
+    assert tokens.check(token, ROOM, "access", NOW, not_before=int(NOW)).iat == NOW
+
+
 def test_reasons_are_exactly_those_tested_here() -> None:
     # A reason added to REASONS fails this until it gets a test above.
     assert set(REASONS) == {
@@ -392,6 +404,7 @@ def test_reasons_are_exactly_those_tested_here() -> None:
         "not_yet_valid",
         "wrong_room",
         "wrong_type",
+        "reset",
     }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.loadclient import Tally, join_many, keep_joining
+from tests.loadclient import Tally, join_many, keep_joining, pipeline
 from tests.serverproc import WrServer, free_port, wait_for
 
 CONFIG = """
@@ -29,6 +29,9 @@ target_url = "/inside"
 """
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
 def config(workers: int = 2, rate: float = 1) -> str:
     return CONFIG.format(workers=workers, rate=rate)
 
@@ -36,7 +39,12 @@ def config(workers: int = 2, rate: float = 1) -> str:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
     wr = WrServer(tmp_path, config()).start()
-    wait_for(lambda: len(wr.worker_pids()) == 2, 10.0, "two workers")
+    # Both workers have sent a heartbeat (the supervisor then says it
+    # listens): a worker stopped before its first one would only be
+    # judged after the start-up grace, longer than the tests wait.
+    wait_for(
+        lambda: "workers=2" in wr.log.read_text(), 20.0, "both workers' heartbeats"
+    )
     yield wr
     if wr.proc is not None and wr.proc.poll() is None:
         wr.stop()
@@ -88,6 +96,16 @@ def test_a_worker_killed_under_load_is_replaced(server: WrServer) -> None:
         await asyncio.sleep(1.0)
         os.kill(before[0], signal.SIGKILL)
         killed_at = time.monotonic()
+        # Once the dead worker is reaped (its socket gone from the port's
+        # group; connections queued on it in the instant it died are
+        # reset), every new connection is answered, replacement or not.
+        reaped_by = killed_at + 10.0
+        while "worker died index=0" not in server.log.read_text():
+            assert time.monotonic() < reaped_by, "the killed worker was not reaped"
+            await asyncio.sleep(0.01)
+        for _ in range(20):
+            [answer] = await pipeline(server.port, HEALTHZ, 1)
+            assert answer.status == 200
         await load
         assert any(at > killed_at + 1.0 for at in tally.ok_after)
 

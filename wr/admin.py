@@ -210,6 +210,10 @@ class AdminApp:
             if request.method == "POST":
                 return self.bypass(request, name)
             return _allowed("POST")
+        if len(parts) == 5 and parts[4] == "reset":
+            if request.method == "POST":
+                return self.reset(name)
+            return _allowed("POST")
         return _error(404, "not_found", "no such resource")
 
     def _authorised(self, request: Request) -> bool:
@@ -297,9 +301,30 @@ class AdminApp:
         if type(ttl) is not int or not 60 <= ttl <= MAX_BYPASS_TTL_S:
             return _error(400, "invalid", f"ttl_s: must be 60..{MAX_BYPASS_TTL_S}")
         now = self._clock()
+        live = self._rooms().get(name)
+        if live is not None:
+            now = live.issue_time(now)
         token = self.tokens.issue_bypass(name, ttl, now)
         path = f"/api/v1/rooms/{name}/bypass?token={token}"
         return _json(201, {"token": token, "expires": int(now) + ttl, "path": path})
+
+    def reset(self, name: str) -> Response:
+        """Start a fresh line: every token of the room issued so far is void."""
+        room = self._rooms().get(name)
+        if room is None:
+            return _error(404, "unknown_room", f"no room named {name!r}")
+        if not room.opened:
+            return _error(
+                409, "not_open", "the room has not opened; its line is not drawn yet"
+            )
+        reset_at, first = room.reset(self._clock())
+        log.warning(
+            "room reset requested room=%s first_position=%s reset_at=%s",
+            name,
+            first,
+            reset_at,
+        )
+        return _json(200, {"room": name, "reset_at": reset_at, "first_position": first})
 
 
 def stats_document(room: Room) -> dict[str, Any]:

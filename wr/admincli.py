@@ -70,6 +70,9 @@ def add_admin_commands(commands: Any, add_config_flags: Any, load: Any) -> None:
     action("stats", "waits, no-shows and who gave up, as tables").set_defaults(
         run=_stats
     )
+    action(
+        "reset", "start a fresh line: every token issued so far stops working"
+    ).set_defaults(run=_reset)
     bypass = action("bypass", "mint an invite link that skips the line")
     bypass.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
     bypass.set_defaults(run=_bypass)
@@ -207,6 +210,18 @@ def _bypass(args: argparse.Namespace) -> int:
     else:
         print(f"link: {data['path']}")
         print(f"expires: {data['expires']}")
+    return 0
+
+
+@_guarded
+def _reset(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", f"/admin/v1/rooms/{args.room}/reset")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"room: {data['room']} reset")
+        print(f"first_position: {data['first_position']}")
+        print(f"tokens issued before: {data['reset_at']}")
     return 0
 
 

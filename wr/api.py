@@ -81,6 +81,7 @@ class App:
         rand: Callable[[], float] = random.random,
         ready: Callable[[], bool] = lambda: True,
         proof_of_work: ProofOfWork | None = None,
+        save_failing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.rooms = rooms
@@ -95,6 +96,7 @@ class App:
         self.proof_of_work = proof_of_work or ProofOfWork(
             pow_key(tokens), rand=secrets.token_bytes
         )
+        self._save_failing = save_failing
         self._secure = "; Secure" if config.http.secure_cookies else ""
         self._count = config.metrics.enabled
         self._access_log = config.server.access_log
@@ -192,7 +194,7 @@ class App:
         token = request.bearer() or request.cookie(QUEUE_COOKIE)
         if token:
             try:
-                claims = self.tokens.check(token, room.name, "queue", now)
+                claims = self._check(token, room, "queue", now)
             except TokenError as exc:
                 # A stale or foreign token earns a new place, not an error.
                 self.metrics.token_rejected("queue", exc.reason)
@@ -219,7 +221,9 @@ class App:
         room.check_in(position, now, now)
         eta = room.eta_s(position)
         room.last_eta = -1 if eta is None else eta
-        token = self.tokens.issue_queue(room.name, new_session_id(), position, eta, now)
+        token = self.tokens.issue_queue(
+            room.name, new_session_id(), position, eta, room.issue_time(now)
+        )
         return self._waiting(room, position, token, eta, set_cookie=True)
 
     def challenge(self, request: Request, room: Room) -> Response:
@@ -280,13 +284,23 @@ class App:
             return _error(401, "no_token", "join the room first")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "queue", now)
+            claims = self._check(token, room, "queue", now)
         except TokenError as exc:
             self.metrics.token_rejected("queue", exc.reason)
             return _error(401, exc.reason, exc.detail)
         return self._place(
             room, claims, token, now, _query_param(request.query, "return")
         )
+
+    def _check(self, token: str, room: Room, typ: str, now: float) -> Claims:
+        """A valid token of kind ``typ`` for ``room``, or TokenError."""
+        claims = self.tokens.check(token, room.name, typ, now, room.reset_at)
+        # Tokens carry whole seconds; a place in the old line is known by
+        # its position too, which two resets in one second cannot blur.
+        # (Bypass admissions carry no place: their pos is 0 or negative.)
+        if 0 < claims.pos < room.reset_position:
+            raise TokenError("reset", "token was issued before the room was reset")
+        return claims
 
     def _place(
         self, room: Room, claims: Claims, token: str, now: float, back: str | None
@@ -312,7 +326,9 @@ class App:
         redirect: str | None = None,
     ) -> Response:
         ttl = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
-        access = self.tokens.issue_access(room.name, sub, position, ttl, now)
+        access = self.tokens.issue_access(
+            room.name, sub, position, ttl, room.issue_time(now)
+        )
         cookie = (
             f"{ACCESS_COOKIE}={access}; Path=/; Max-Age={ttl}; HttpOnly; "
             f"SameSite=Lax{self._secure}"
@@ -377,13 +393,17 @@ class App:
             return _error(401, "no_token", "no access token")
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "access", now)
+            claims = self._check(token, room, "access", now)
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _error(401, exc.reason, exc.detail)
         session_s = _session_ttl_s(room.config, self.config.tokens.access_ttl_s)
         room.leave(claims.pos, claims.iat, now, session_s)
-        expired = f"{ACCESS_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        # The same attributes as when it was set: a browser may keep a
+        # Secure cookie that a plainer Set-Cookie tries to clear.
+        expired = (
+            f"{ACCESS_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{self._secure}"
+        )
         return Response(
             204, headers=[_NO_STORE, ("set-cookie", expired)], content_type=None
         )
@@ -393,7 +413,7 @@ class App:
         token = _query_param(request.query, "token") or ""
         now = self._clock()
         try:
-            claims = self.tokens.check(token, room.name, "bypass", now)
+            claims = self._check(token, room, "bypass", now)
         except TokenError as exc:
             self.metrics.token_rejected("bypass", exc.reason)
             return _error(401, exc.reason, exc.detail)
@@ -432,14 +452,15 @@ class App:
             if len(self.rooms) != 1:
                 return _error(400, "room_required", "say which room: ?room=NAME")
             room_name = next(iter(self.rooms))
-        if room_name not in self.rooms:
+        room = self.rooms.get(room_name)
+        if room is None:
             return _error(404, "unknown_room", f"no room named {room_name[:64]!r}")
 
         token = request.cookie(ACCESS_COOKIE) or request.bearer()
         if not token:
             return _refused(request, "no_token", "no access token")
         try:
-            claims = self.tokens.check(token, room_name, "access", self._clock())
+            claims = self._check(token, room, "access", self._clock())
         except TokenError as exc:
             self.metrics.token_rejected("access", exc.reason)
             return _refused(request, exc.reason, exc.detail)
@@ -460,8 +481,17 @@ class App:
         return _json(200, {"status": "alive"})
 
     def readyz(self, request: Request) -> Response:
+        """Ready while it takes new work; a failing state dir is only reported.
+
+        Saves failing leave the host serving from memory, as well as ever;
+        taking it out of rotation for that would turn a risk to the crash
+        guarantee into an outage, on the only host of a small deployment
+        at once. So the answer stays 200 and says ``"state": "failing"``,
+        for monitoring (also ``wr_state_save_failing``) to page on.
+        """
         if self._ready():
-            return _json(200, {"status": "ready"})
+            state = "failing" if self._save_failing() else "saved"
+            return _json(200, {"status": "ready", "state": state})
         return _error(503, "not_ready", "not accepting new work", ("retry-after", "1"))
 
     def metrics_page(self, request: Request) -> Response:
@@ -479,9 +509,9 @@ class App:
         """The demo "you're in" page: shown with a valid access token only."""
         token = request.cookie(ACCESS_COOKIE) or ""
         now = self._clock()
-        for name in self.rooms:
+        for room in self.rooms.values():
             try:
-                self.tokens.check(token, name, "access", now)
+                self._check(token, room, "access", now)
             except TokenError:
                 continue
             page = self.static.get("inside.html")

@@ -142,6 +142,9 @@ class HttpConfig:
     max_connections: int = 10_000
     # Pause reading from a client whose unread responses exceed this.
     write_buffer_bytes: int = 256 * 1024
+    # A client that takes none of its responses for this long (paused, or
+    # closing with a full buffer) is dropped: it holds a connection slot.
+    write_timeout_s: float = 30.0
     # Cookies carry the Secure attribute (set when served over HTTPS).
     secure_cookies: bool = False
 
@@ -155,7 +158,7 @@ class HttpConfig:
             "write_buffer_bytes",
         ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        for name in ("header_timeout_s", "keepalive_timeout_s"):
+        for name in ("header_timeout_s", "keepalive_timeout_s", "write_timeout_s"):
             _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
 
 
@@ -271,6 +274,14 @@ class RoomConfig:
                 f"{key}.allowed_targets[{index}]",
                 f"must be an origin like https://host[:port], got {origin[:100]!r}",
             )
+        # It becomes a Location header: CR/LF would split the response, and
+        # browsers read "/\\host" as "//host", another site.
+        _require(
+            all("!" <= c <= "~" for c in self.target_url)
+            and "\\" not in self.target_url,
+            f"{key}.target_url",
+            "must be printable ASCII without spaces or backslashes",
+        )
         if self.session_minutes is not None:
             _require(
                 self.session_minutes > 0,

@@ -57,8 +57,15 @@ _ERROR_NAMES = {
     414: "target_too_long",
     431: "headers_too_large",
     500: "internal_error",
+    501: "not_implemented",
     503: "overloaded",
+    505: "version_not_supported",
 }
+
+# What llhttp calls a version it refuses (HTTP/1.2, HTTP/3.0...).
+_BAD_VERSION_MESSAGE = "Invalid HTTP version"
+# RFC 9110 section 15.2.1: sent before reading a body the client holds back.
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # The bytes of a request head that neither head limit counts: the method,
 # spaces and version of the request line and the line ends (about 30).
@@ -246,7 +253,10 @@ class HttpConnection:
             return
         except httptools.HttpParserError as exc:
             log.debug("unparseable request error=%s", exc)
-            self._reject(400, "malformed request")
+            if str(exc) == _BAD_VERSION_MESSAGE:
+                self._reject(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+            else:
+                self._reject(400, "malformed request")
             return
 
         # on_url has seen every byte of the target so far and refused a long
@@ -344,10 +354,42 @@ class HttpConnection:
 
     def on_headers_complete(self) -> None:
         self._head_done = True
-        length = self._headers.get(b"content-length")
+        headers = self._headers
+        version = self._parser.get_http_version()
+        # llhttp hands on HTTP/0.9 and 2.0 request lines; we answer neither
+        # in their own framing (RFC 9110 section 15.6.6).
+        if version not in ("1.0", "1.1"):
+            raise _Reject(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+        # RFC 9112 section 3.2: an HTTP/1.1 request without Host is a 400.
+        if version == "1.1" and b"host" not in headers:
+            raise _Reject(400, "missing host header")
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None:
+            codings = [c.strip() for c in coding.lower().split(b",")]
+            # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding
+            # has faulty framing. Section 6.3: unless chunked comes last,
+            # the body has no knowable end. Either way, 400 and close.
+            if version == "1.0":
+                raise _Reject(400, "transfer-encoding in an HTTP/1.0 request")
+            if codings[-1] != b"chunked":
+                raise _Reject(400, "chunked must be the final transfer coding")
+            # Section 6.1: a coding we cannot undo (gzip...) is a 501.
+            if len(codings) > 1:
+                raise _Reject(501, "only the chunked transfer coding is supported")
+        length = headers.get(b"content-length")
         # llhttp has already refused a Content-Length that is not digits.
         if length is not None and int(length) > self._limits.max_body_bytes:
             raise _Reject(413, "request body too large")
+        # A client that asked to hear 100 first may wait for it before it
+        # sends the body (RFC 9110 section 10.1.1).
+        expect = headers.get(b"expect")
+        if (
+            expect is not None
+            and expect.strip().lower() == b"100-continue"
+            and version == "1.1"
+            and (coding is not None or (length is not None and int(length) > 0))
+        ):
+            self._out.append(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -475,7 +517,8 @@ class HttpProtocol(asyncio.Protocol):
         requests = conn.requests
         conn.receive(data)
         self._flush()
-        if self._transport is None or self._transport.is_closing():
+        # Paused by that flush: the write timer runs instead (pause_writing).
+        if self._transport is None or self._transport.is_closing() or self._paused:
             return
 
         # Re-arm the timer that fits where the connection now stands. A
@@ -500,14 +543,23 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests.
+        # The head timer stops too (we are the ones not reading); the client
+        # gets write_timeout_s to take its responses before it is dropped.
         if self._transport is not None and not self._paused:
             self._paused = True
             self._transport.pause_reading()
+            self._arm_write()
 
     def resume_writing(self) -> None:
         if self._transport is not None and self._paused:
             self._paused = False
             self._transport.resume_reading()
+            if self._transport.is_closing():
+                return
+            if self._conn.in_request:
+                self._arm(self._state.limits.header_timeout_s, head=True)
+            else:
+                self._arm_idle()
 
     def drain(self) -> None:
         self._conn.draining = True
@@ -535,6 +587,21 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+            # close() waits for the client to take what is buffered; one
+            # that never reads would hold the connection for ever.
+            self._arm_write()
+
+    def _arm_write(self) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(
+            self._state.limits.write_timeout_s, self._on_write_timeout
+        )
+
+    def _on_write_timeout(self) -> None:
+        self._timer = None
+        log.debug("dropped a client that reads nothing peer=%s", self._conn.peer)
+        if self._transport is not None:
+            self._transport.abort()
 
     def _arm_idle(self) -> None:
         self._arm(self._state.limits.keepalive_timeout_s, head=False)

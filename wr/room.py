@@ -260,10 +260,14 @@ class Room:
         skips: Sequence[tuple[int, int]] = (),
         opened: bool = True,
         prequeue: Prequeue | None = None,
+        reset_at: int = 0,
+        reset_position: int = 0,
     ) -> None:
         """Set the counters from a saved state (before anyone joins)."""
         counters = self._counters
         counters.opened = 0
+        counters.reset_at = reset_at
+        counters.reset_position = reset_position
         counters.next_position = next_position
         counters.reserved = next_position
         counters.serving = serving
@@ -274,6 +278,54 @@ class Room:
         # Saved skips are already in admission order: only the draw is set.
         self._set_draw(prequeue)
         counters.opened = int(opened)
+
+    @property
+    def reset_at(self) -> int:
+        """Tokens issued before this wall-clock second are void (0: never reset)."""
+        return int(self._counters.reset_at)
+
+    @property
+    def reset_position(self) -> int:
+        """The first position of the line since the last reset (0: never reset)."""
+        return int(self._counters.reset_position)
+
+    def reset(self, now: float) -> tuple[int, int]:
+        """Start a fresh line: every token issued until now stops working.
+
+        Any process may call it. Nothing per person is touched: the room
+        records the second from which tokens count and the position the new
+        line starts at; the ticker (:meth:`pass_over_reset`) then passes over
+        the old line without spending admissions. ``next_position`` never
+        goes back, so no position is handed out twice. Tokens carry whole
+        seconds, so the void second is the next one: tokens issued from now
+        on are dated no earlier (:meth:`issue_time`).
+        """
+        counters = self._counters
+        with self._lock:
+            counters.reset_at = max(int(counters.reset_at), int(now) + 1)
+            counters.reset_position = int(counters.next_position)
+            return int(counters.reset_at), int(counters.reset_position)
+
+    def issue_time(self, now: float) -> float:
+        """The time to date a new token with: never before the last reset."""
+        return max(now, float(self._counters.reset_at))
+
+    def pass_over_reset(self) -> bool:
+        """Skip the old line up to the last reset (the ticker's process only).
+
+        True if the skips changed. The range replaces any skip inside it,
+        so no position is passed over twice.
+        """
+        end = self.rank(self.reset_position) if self.reset_position else 0
+        first = self.serving + 1
+        if end <= first:
+            return False
+        skips = [(first, end)] + [(max(a, end), b) for a, b in self._skips if b > end]
+        if skips == self._skips:
+            return False
+        self._skips = skips
+        self._publish_skip()
+        return True
 
     def skip(self, first: int, end: int) -> None:
         """Mark positions ``[first, end)`` as held by nobody (after a crash)."""

@@ -149,6 +149,7 @@ class Worker:
             StaticFiles.load(static_dir),
             ready=lambda: self.ready,
             proof_of_work=self._proof_of_work,
+            save_failing=lambda: bool(self.block.header.save_failing),
         )
 
     def reload(self) -> None:

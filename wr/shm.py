@@ -140,6 +140,11 @@ class RoomCounters(ctypes.Structure):
         # Admissions through bypass tokens; each one's access token carries
         # its number, negated, as ``pos``.
         ("bypassed", ctypes.c_int64),
+        # The last reset (see wr.room.Room.reset): tokens issued before
+        # ``reset_at`` (wall seconds) are refused, and the positions below
+        # ``reset_position`` belong to the old line.
+        ("reset_at", ctypes.c_int64),
+        ("reset_position", ctypes.c_int64),
         # For metrics: joins, the estimated wait given to the last arrival,
         # the ticker's current rate and no-show ratio, and how long people
         # waited before they were let in (written under the room's lock).

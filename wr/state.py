@@ -61,6 +61,9 @@ class RoomState:
     draw_size: int = 0
     draw_seed: str = ""
     draw_gaps: tuple[tuple[int, int], ...] = ()
+    # The last reset of the room (wr.room.Room.reset); 0 if none.
+    reset_at: int = 0
+    reset_position: int = 0
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -130,11 +133,17 @@ def _room_state(fields: Mapping[str, object]) -> RoomState:
         draw_size=_count(fields, "draw_size") if "draw_size" in fields else 0,
         draw_seed=_seed(fields.get("draw_seed", "")),
         draw_gaps=tuple(_range(item) for item in gaps),
+        reset_at=_count(fields, "reset_at") if "reset_at" in fields else 0,
+        reset_position=(
+            _count(fields, "reset_position") if "reset_position" in fields else 0
+        ),
     )
     if state.serving >= state.next_position:
         raise ValueError("serving must be below next_position")
     if state.issued > state.next_position:
         raise ValueError("issued must not pass next_position")
+    if state.reset_position > state.next_position:
+        raise ValueError("reset_position must not pass next_position")
     return state
 
 
@@ -179,6 +188,8 @@ def save_state(state_dir: Path, rooms: Mapping[str, RoomState]) -> None:
                 "draw_size": room.draw_size,
                 "draw_seed": room.draw_seed,
                 "draw_gaps": [list(gap) for gap in room.draw_gaps],
+                "reset_at": room.reset_at,
+                "reset_position": room.reset_position,
             }
             for name, room in rooms.items()
         },

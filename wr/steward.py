@@ -163,6 +163,14 @@ class Steward:
             plan = self.ticker.plan(now)
             self._next_tick = now + TICK_INTERVAL_S
         self._measure(now)
+        resets = [room for room in self.rooms.values() if room.pass_over_reset()]
+        for room in resets:
+            log.info(
+                "room reset room=%s first_position=%s reset_at=%s",
+                room.name,
+                room.reset_position,
+                room.reset_at,
+            )
         reservations = self._reservations()
         openings = self._openings()
 
@@ -174,6 +182,7 @@ class Steward:
         # until it works, even if nothing moves.
         if (
             any(plan.values())
+            or resets
             or reservations
             or openings
             or handed_out
@@ -279,6 +288,8 @@ def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
         issued=issued,
         skips=tuple(room.skips),
         opened=room.opened,
+        reset_at=room.reset_at,
+        reset_position=room.reset_position,
         **_draw_fields(room.prequeue),
     )
 
@@ -348,4 +359,6 @@ def _restore(room: Room, state: RoomState) -> None:
         # A room without an opening time is open from the start.
         opened=state.opened or room.config.opens_at is None,
         prequeue=prequeue,
+        reset_at=state.reset_at,
+        reset_position=state.reset_position,
     )

@@ -68,6 +68,7 @@ REASONS = (
     "not_yet_valid",
     "wrong_room",
     "wrong_type",
+    "reset",
 )
 
 
@@ -387,10 +388,13 @@ class Tokens:
             }
         )
 
-    def check(self, token: str, room: str, typ: str, now: float) -> Claims:
+    def check(
+        self, token: str, room: str, typ: str, now: float, not_before: int = 0
+    ) -> Claims:
         """The claims of a valid token of kind ``typ`` for ``room``.
 
-        Raises :class:`TokenError` with the reason it was refused.
+        A token issued before ``not_before`` (the room's last reset) is
+        refused too. Raises :class:`TokenError` with the reason it was refused.
         """
         try:
             raw = self._codec.decode(token)
@@ -407,6 +411,8 @@ class Tokens:
             raise TokenError("expired", "token has expired")
         if claims.iat > now + LEEWAY_S:
             raise TokenError("not_yet_valid", "token was issued in the future")
+        if claims.iat < not_before:
+            raise TokenError("reset", "token was issued before the room was reset")
         return claims
 
     def _explain_header(self, token: str) -> TokenError:
