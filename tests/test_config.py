@@ -523,7 +523,6 @@ def test_reserved_keys_are_accepted_at_their_default(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('[server]\nbackend = "redis://127.0.0.1:6379/0"\n', "server.backend"),
         ('[tokens]\nalgorithm = "EdDSA"\n', "tokens.algorithm"),
         ("[rooms.sale]\npow_difficulty = 8\n", "rooms.sale.pow_difficulty"),
     ],

@@ -157,6 +157,15 @@ class RoomCounters(ctypes.Structure):
         ("settled_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
         ("abandoned_by_place", ctypes.c_int64 * (len(PLACE_BUCKETS) + 1)),
         ("untracked", ctypes.c_int64),
+        # The redis backend (wr.redisbackend): the next block of positions,
+        # [block_from, block_to), taken when the current range runs out; the
+        # highest position handed out across the cluster, as last read; and
+        # 1 while the store cannot be reached (joins_held: joins refused).
+        ("block_from", ctypes.c_int64),
+        ("block_to", ctypes.c_int64),
+        ("cluster_next", ctypes.c_int64),
+        ("stale", ctypes.c_int64),
+        ("joins_held", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 

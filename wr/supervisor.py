@@ -39,11 +39,12 @@ import uvloop
 from wr.admin import OverridesStore, admin_token, effective_rooms
 from wr.config import Config, ConfigError, RoomConfig
 from wr.metrics import merge_snapshots
+from wr.redisbackend import make_steward
 from wr.room import CLAIM_WINDOW
 from wr.server import Worker
 from wr.shm import MAX_WORKERS, SharedBlock
 from wr.state import StateError, prepare_state_dir
-from wr.steward import STEP_INTERVAL_S, Steward
+from wr.steward import STEP_INTERVAL_S
 from wr.systemd import notify, watchdog_interval_s
 from wr.tokens import KeyRing, KeyRingError
 
@@ -101,12 +102,11 @@ class Supervisor:
                 admin_token(self.config, create=True)
             self.block = SharedBlock(CLAIM_WINDOW // 8)
             self.overrides = OverridesStore(state_dir)
-            self.steward = Steward(
+            self.steward = make_steward(
+                self.config,
                 effective_rooms(self.config, self.overrides.load()),
                 self.block,
-                state_dir,
                 time.monotonic(),
-                session_s=self.config.tokens.access_ttl_s,
             )
             self.steward.rooms_source = self._rooms
         except (StateError, KeyRingError, ValueError, OSError) as exc:
