@@ -13,14 +13,17 @@ without a socket lives here and is tested with an injected clock:
 - :func:`fairness_bound`: how far a person can be overtaken.
 
 **Fairness.** Within one host positions are handed out in order. Across
-hosts they are not quite: a host holds at most two blocks it has not used
-up (the one it hands out from and the next one, fetched ahead), and a
-person who arrives later at another host may get a lower position from such
-a block. Positions of one host below a person's own were handed out before
-theirs, so only the other ``hosts - 1`` hosts can overtake them, each with
-at most two blocks: ``2 * (hosts - 1) * block_max`` people at most
-(:func:`fairness_bound`). A quiet room uses blocks of ``block_min``
-(default 1), so it hands out contiguous positions in arrival order.
+hosts they are not quite: a host holds the rest of the block it hands out
+from (at most ``block - 1``: taking a block hands out its first position)
+and the next block, fetched ahead (``block``). A person who arrives later
+at another host may get a lower position from those. Blocks fetched after
+someone joined lie above their position, and positions of their own host
+below theirs were handed out before them, so only the other ``hosts - 1``
+hosts can overtake them: at most ``(hosts - 1) * (2 * block_max - 1)``
+people (:func:`fairness_bound`). With ``redis.fallback_positions`` larger
+than ``block_max``, blocks are that large and the bound grows with them.
+A quiet room uses blocks of ``block_min`` (default 1), so it hands out
+contiguous positions in arrival order.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def block_size(
 
 def fairness_bound(hosts: int, block_max: int) -> int:
     """The most people who can join after someone and still go before them."""
-    return BLOCKS_HELD * max(0, hosts - 1) * block_max
+    return max(0, hosts - 1) * (BLOCKS_HELD * block_max - 1)
 
 
 def fence_allows(lease_value: str | None, holder: str, fence: int, token: int) -> bool:
