@@ -28,10 +28,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def url(server: RedisServer) -> Iterator[str]:
+def url(server: RedisServer) -> str:
     with server.client() as client:
         client.flushdb()
-    yield server.url
+    return server.url
 
 
 def steward(
@@ -159,7 +159,8 @@ def test_another_host_takes_over_once_the_lease_expires(
     a = steward(tmp_path, url, "a")
     b = steward(tmp_path, url, "b")
     step(a, b)
-    assert a.lease.token and not b.lease.token
+    assert a.lease.token
+    assert not b.lease.token
 
     # a stops renewing (its host died); b keeps stepping.
     def b_leads() -> bool:
@@ -177,7 +178,8 @@ def test_claims_are_counted_once_across_hosts(tmp_path: Path, url: str) -> None:
     token = a.lease.token
     assert a.store.raise_serving(token, {"default": (10, 10)}) == 1
     step(a, b)
-    assert room(a).claim(1) and room(a).claim(2)
+    assert room(a).claim(1)
+    assert room(a).claim(2)
     assert room(b).claim(3)
 
     def merged() -> bool:
