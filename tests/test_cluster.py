@@ -13,6 +13,7 @@ from tests.test_api import World, body
 from wr.cluster import (
     LEASE_SAFETY,
     Backoff,
+    BlockSizer,
     Lease,
     block_size,
     fairness_bound,
@@ -299,3 +300,41 @@ def test_with_fallback_joins_go_on_while_stale(world: World) -> None:
     response = world.request("POST", "/api/v1/rooms/default/join")
     assert response.status == 200
     assert body(response)["stale"] is True
+
+
+def test_a_host_that_runs_dry_doubles_its_blocks_up_to_the_max() -> None:
+    sizer = BlockSizer(0.5, 1, 100)
+    sizes = [sizer.next(0.0, joined=0, refused=1) for _ in range(8)]
+    assert sizes == [2, 4, 8, 16, 32, 64, 100, 100]
+
+
+def test_refused_joins_size_the_next_block_at_once() -> None:
+    sizer = BlockSizer(0.5, 1, 1000)
+    assert sizer.next(0.0, joined=2, refused=298) == 600
+    assert sizer.next(0.0, joined=0, refused=5000) == 1000
+
+
+def test_a_block_never_shrinks_below_the_demand_it_saw() -> None:
+    sizer = BlockSizer(0.5, 1, 1000)
+    sizer.size = 600
+    assert [sizer.next(0.0, joined=100, refused=0) for _ in range(4)] == [
+        300,
+        150,
+        100,
+        100,
+    ]
+
+
+def test_a_host_that_keeps_up_halves_back_to_what_the_rate_asks() -> None:
+    sizer = BlockSizer(0.5, 1, 100)
+    sizer.size = 64
+    assert [sizer.next(40.0, 0, 0) for _ in range(4)] == [32, 20, 20, 20]
+    assert [sizer.next(0.0, 1, 0) for _ in range(6)] == [10, 5, 2, 1, 1, 1]
+
+
+def test_a_refused_join_is_counted_for_the_sizer() -> None:
+    room = Room(RoomConfig())
+    room.restore(next_position=1, serving=0, claimed=0, admitted=0)
+    assert room.join() is None
+    assert room.join() is None
+    assert room.joins_refused == 2

@@ -5,7 +5,8 @@ counter in Redis, in blocks (``INCRBY``), and one host at a time, the
 leader, moves ``serving`` (see :mod:`wr.redisbackend`). What can be decided
 without a socket lives here and is tested with an injected clock:
 
-- :func:`block_size`: how many positions a host takes per round trip;
+- :func:`block_size` and :class:`BlockSizer`: how many positions a host
+  takes per round trip;
 - :class:`Lease`: whether this host may act as the leader right now;
 - :func:`fence_allows` and :func:`raised`: the checks the store's script
   makes before it moves ``serving`` (the script mirrors them);
@@ -35,6 +36,7 @@ __all__ = [
     "BLOCKS_HELD",
     "LEASE_SAFETY",
     "Backoff",
+    "BlockSizer",
     "Lease",
     "block_size",
     "fairness_bound",
@@ -56,6 +58,38 @@ def block_size(
     """Positions to take at once: ``ahead_s`` of this host's arrivals."""
     wanted = math.ceil(max(0.0, join_rate_per_s) * ahead_s)
     return max(block_min, min(block_max, wanted))
+
+
+class BlockSizer:
+    """One host's block size for one room, adapting to its arrivals.
+
+    At each fetch it looks at the joins since the previous fetch: those
+    that got a position (``joined``) and those that found none
+    (``refused``). A block never shrinks below that demand nor below what
+    the measured join rate asks for (:func:`block_size`); after refusals it
+    at least doubles and covers twice the demand, so a flash crowd is
+    served from the next step on rather than after a rate window. Without
+    refusals it halves towards the demand, so a room that calms down
+    returns to small blocks.
+    """
+
+    def __init__(self, ahead_s: float, block_min: int, block_max: int) -> None:
+        self.ahead_s = ahead_s
+        self.block_min = block_min
+        self.block_max = block_max
+        self.size = block_min
+
+    def next(self, join_rate_per_s: float, joined: int, refused: int) -> int:
+        wanted = block_size(
+            join_rate_per_s, self.ahead_s, self.block_min, self.block_max
+        )
+        demand = joined + refused
+        if refused > 0:
+            size = max(wanted, self.size * 2, demand * 2)
+        else:
+            size = max(wanted, demand, self.size // 2)
+        self.size = max(self.block_min, min(self.block_max, size))
+        return self.size
 
 
 def fairness_bound(hosts: int, block_max: int) -> int:

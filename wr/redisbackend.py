@@ -9,7 +9,7 @@ the network:
 
 - **positions**: the steward keeps one block of positions queued in the
   shared block beside the range workers hand out from (``INCRBY``, sized by
-  :func:`wr.cluster.block_size`); a join that uses up its range switches to
+  :class:`wr.cluster.BlockSizer`); a join that uses up its range switches to
   the queued block under the room's lock, and the next step fetches another;
 - **serving**: one host holds the lease (``SET NX PX``, renewed every
   step). Each acquisition raises the fencing counter, and ``serving`` is
@@ -59,9 +59,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from wr.admin import OverridesStore
-from wr.cluster import Backoff, Lease, block_size
+from wr.cluster import Backoff, BlockSizer, Lease
 from wr.config import Config, RedisConfig, RoomConfig
-from wr.room import TICK_INTERVAL_S
+from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import RoomState
 from wr.steward import RATE_WINDOW_S, Steward
@@ -289,6 +289,9 @@ class RedisSteward(Steward):
         self._claims_base: dict[str, int] = {}
         self._joins_from: dict[str, int] = {}
         self._joins_rate: dict[str, float] = {}
+        self._sizers: dict[str, BlockSizer] = {}
+        # Joins and refusals at each room's last fetch.
+        self._demand_from: dict[str, tuple[int, int]] = {}
         self._joins_started = now
         self._step_tick = now
         super().__init__(rooms, block, state_dir, now, session_s=session_s, wall=wall)
@@ -407,17 +410,8 @@ class RedisSteward(Steward):
         self._joins_started = now
 
     def _fetch_blocks(self) -> None:
-        settings = self.settings
         sizes = {
-            name: max(
-                settings.fallback_positions,
-                block_size(
-                    self._joins_rate.get(name, 0.0),
-                    settings.block_ahead_s,
-                    settings.block_min,
-                    settings.block_max,
-                ),
-            )
+            name: self._next_block_size(room)
             for name, room in self.rooms.items()
             if not room.block_queued
         }
@@ -425,6 +419,25 @@ class RedisSteward(Steward):
             return
         for name, (first, end) in self.store.take_blocks(sizes).items():
             self.rooms[name].offer_block(first, end)
+
+    def _next_block_size(self, room: Room) -> int:
+        """The sizer's answer from the joins since this room's last fetch."""
+        now = (room.joins, room.joins_refused)
+        joins, refused = self._demand_from.get(room.name, now)
+        self._demand_from[room.name] = now
+        size = self._sizer(room.name).next(
+            self._joins_rate.get(room.name, 0.0), now[0] - joins, now[1] - refused
+        )
+        return max(self.settings.fallback_positions, size)
+
+    def _sizer(self, name: str) -> BlockSizer:
+        sizer = self._sizers.get(name)
+        if sizer is None:
+            settings = self.settings
+            sizer = self._sizers[name] = BlockSizer(
+                settings.block_ahead_s, settings.block_min, settings.block_max
+            )
+        return sizer
 
     def _sync_overrides(self, version: int, now: float) -> None:
         """Carry admin changes both ways: ours to Redis, others' to our file.

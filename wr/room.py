@@ -302,6 +302,7 @@ class Room:
             position = counters.next_position
             if position >= counters.reserved:
                 if counters.block_to <= counters.block_from:
+                    counters.joins_refused += 1
                     return None
                 # The redis backend's next block, fetched ahead of need.
                 position = counters.block_from
@@ -335,6 +336,11 @@ class Room:
             counters.block_from = first
             counters.block_to = end
         return True
+
+    @property
+    def joins_refused(self) -> int:
+        """Joins that found no position left to hand out."""
+        return int(self._counters.joins_refused)
 
     @property
     def block_queued(self) -> bool:

@@ -166,6 +166,8 @@ class RoomCounters(ctypes.Structure):
         ("cluster_next", ctypes.c_int64),
         ("stale", ctypes.c_int64),
         ("joins_held", ctypes.c_int64),
+        # Joins that found no position left (the steward grows blocks).
+        ("joins_refused", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 
