@@ -58,8 +58,13 @@ def hosts(tmp_path: Path, store: RedisServer) -> Iterator[list[WrServer]]:
     started: list[WrServer] = []
     first = host(tmp_path, "a", config(store.url, workers=2, rate=0))
     second = host(tmp_path, "b", config(store.url, rate=0))
-    for wr in (first, second):
-        started.append(wr.start())
+    started.append(first.start())
+    # One key ring for the cluster: a token from one host is good on another.
+    second.state_dir.mkdir(mode=0o700)
+    keys = second.state_dir / "keys.json"
+    keys.write_bytes((first.state_dir / "keys.json").read_bytes())
+    keys.chmod(0o600)
+    started.append(second.start())
     yield started
     for wr in started:
         if wr.proc is not None and wr.proc.poll() is None:
@@ -171,6 +176,14 @@ def test_two_hosts_share_one_line(hosts: list[WrServer], store: RedisServer) -> 
             wr, "wr_room_admissions_claimed_total", lambda value: value == len(people)
         )
         assert metric(wr, "wr_room_admissions_available_total") <= shared_admitted
+
+
+def test_a_person_may_ask_any_host(hosts: list[WrServer]) -> None:
+    a, b = hosts
+    person = join(a)
+    assert status(b, person["queue_token"])["position"] == person["position"]
+    set_rate(a, 6000)
+    wait_state(b, person["queue_token"], "admitted")
 
 
 def test_an_admin_change_on_one_host_reaches_the_other(

@@ -221,8 +221,9 @@ class Supervisor:
             log.error("reload failed, keeping the running config error=%s", exc)
             notify("READY=1")
             return
-        if config.server.workers != self.config.server.workers:
-            log.warning("server.workers changed; it takes effect after a restart")
+        for key in ("workers", "backend"):
+            if getattr(config.server, key) != getattr(self.config.server, key):
+                log.warning("server.%s changed; it takes effect after a restart", key)
         self.config = _keep_process_shape(self.config, config)
         for child in self._children.values():
             _signal(child.pid, signal.SIGHUP)
@@ -364,13 +365,15 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def _keep_process_shape(old: Config, new: Config) -> Config:
-    # The workers, host and port in use cannot change without a restart.
+    # The workers, host, port and backend in use cannot change without a
+    # restart.
     server = replace(
         new.server,
         workers=old.server.workers,
         host=old.server.host,
         port=old.server.port,
         state_dir=old.server.state_dir,
+        backend=old.server.backend,
     )
     return replace(new, server=server)
 
