@@ -281,9 +281,11 @@ def test_a_flash_crowd_costs_one_round_trip_per_block(tmp_path: Path, url: str) 
     fetched: list[int] = []
     take_blocks = a.store.take_blocks
 
-    def counting(sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    def counting(
+        sizes: Mapping[str, int], floors: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
         fetched.extend(sizes.values())
-        return take_blocks(sizes)
+        return take_blocks(sizes, floors)
 
     a.store.take_blocks = counting  # type: ignore[method-assign]
     positions: list[int] = []
@@ -318,3 +320,16 @@ def test_a_quiet_room_hands_out_contiguous_positions(tmp_path: Path, url: str) -
     # in arrival order with at most one host's held position between.
     assert positions == sorted(positions)
     assert max(positions) - min(positions) < len(positions) + 2
+
+
+def test_a_redis_that_lost_its_data_is_raised_to_what_the_host_knew(
+    tmp_path: Path, url: str, server: RedisServer
+) -> None:
+    a = steward(tmp_path, url, "a")
+    before = [join(a) for _ in range(20)]
+    # A Redis restarted without persistence: every counter is gone.
+    with server.client() as client:
+        client.flushdb()
+    after = [join(a) for _ in range(20)]
+    assert len(set(before + after)) == len(before) + len(after)
+    assert min(after) > max(before)

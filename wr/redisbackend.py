@@ -69,6 +69,7 @@ from wr.steward import RATE_WINDOW_S, Steward
 __all__ = [
     "LEASE_SCRIPT",
     "RAISE_SCRIPT",
+    "TAKE_SCRIPT",
     "RedisSteward",
     "RedisStore",
     "RoomReading",
@@ -114,6 +115,19 @@ for i = 3, #KEYS, 2 do
   end
 end
 return moved
+"""
+
+# Takes ARGV[1] positions from the counter KEYS[1], which is first raised to
+# ARGV[2] if it is below: the highest position this host knows was taken.
+# A Redis that lost its data (no append-only file) then does not start the
+# line again from 1; only positions taken by other hosts since this host's
+# last step can repeat. The guarantee itself needs the append-only file.
+TAKE_SCRIPT = """
+local floor = tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
 """
 
 # Gives the lease up on a clean stop, if it is still ours, so that another
@@ -210,11 +224,18 @@ class RedisStore:
             args += [serving, count]
         return int(self.client.eval(RAISE_SCRIPT, len(keys), *keys, *args))
 
-    def take_blocks(self, sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-        """Take ``sizes[room]`` positions of each room: ``[first, end)``."""
+    def take_blocks(
+        self, sizes: Mapping[str, int], floors: Mapping[str, int]
+    ) -> dict[str, tuple[int, int]]:
+        """Take ``sizes[room]`` positions of each room: ``[first, end)``.
+
+        ``floors[room]`` is the highest position known taken (see
+        :data:`TAKE_SCRIPT`).
+        """
         pipe = self.client.pipeline(transaction=False)
         for name, size in sizes.items():
-            pipe.incrby(self.room_key(name, "next"), size)
+            key = self.room_key(name, "next")
+            pipe.eval(TAKE_SCRIPT, 1, key, size, floors.get(name, 0))
         replies = pipe.execute()
         return {
             name: (int(last) - size + 1, int(last) + 1)
@@ -290,6 +311,9 @@ class RedisSteward(Steward):
         self._joins_from: dict[str, int] = {}
         self._joins_rate: dict[str, float] = {}
         self._sizers: dict[str, BlockSizer] = {}
+        # The highest position known taken, per room: a floor for the
+        # counter should Redis come back without its data.
+        self._taken: dict[str, int] = {}
         # Joins and refusals at each room's last fetch.
         self._demand_from: dict[str, tuple[int, int]] = {}
         self._joins_started = now
@@ -356,6 +380,16 @@ class RedisSteward(Steward):
             room = self.rooms.get(name)
             if room is None:
                 continue
+            known = self._taken.get(name, 0)
+            if shared.taken < known:
+                log.warning(
+                    "store lost positions, carrying on above the highest known "
+                    "room=%s store=%s known=%s",
+                    name,
+                    shared.taken,
+                    known,
+                )
+            self._taken[name] = max(known, shared.taken)
             if shared.serving > room.serving:
                 room.admit(shared.serving - room.serving)
             # The total includes what this step pushed: the local count as
@@ -364,7 +398,7 @@ class RedisSteward(Steward):
             room.merge_claims(counted, shared.claimed)
             self._claims_base[name] = shared.claimed
             room.set_shared(
-                cluster_next=shared.taken + 1,
+                cluster_next=self._taken[name] + 1,
                 admitted=shared.admitted,
                 stale=False,
                 joins_held=False,
@@ -417,7 +451,9 @@ class RedisSteward(Steward):
         }
         if not sizes:
             return
-        for name, (first, end) in self.store.take_blocks(sizes).items():
+        blocks = self.store.take_blocks(sizes, self._taken)
+        for name, (first, end) in blocks.items():
+            self._taken[name] = max(self._taken.get(name, 0), end - 1)
             self.rooms[name].offer_block(first, end)
 
     def _next_block_size(self, room: Room) -> int:
