@@ -376,12 +376,14 @@ class RedisSteward(Steward):
         }
 
     def _apply(self, reading: Reading, pushed: Mapping[str, int]) -> None:
+        lost = {}
         for name, shared in reading.rooms.items():
             room = self.rooms.get(name)
             if room is None:
                 continue
             known = self._taken.get(name, 0)
             if shared.taken < known:
+                lost[name] = known
                 log.warning(
                     "store lost positions, carrying on above the highest known "
                     "room=%s store=%s known=%s",
@@ -403,6 +405,9 @@ class RedisSteward(Steward):
                 stale=False,
                 joins_held=False,
             )
+        if lost:
+            # Taking nothing above the floor puts the counter back at once.
+            self.store.take_blocks(dict.fromkeys(lost, 0), lost)
 
     def _lead(self, now: float) -> None:
         plan = self.ticker.plan(now)
