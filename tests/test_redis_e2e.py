@@ -206,6 +206,11 @@ def test_killing_the_leaders_host_hands_the_lease_over(
         set_rate(b, 6000)
         a.kill_all()
         wait_for(lambda: leader_pid(store) == b.pid, DEADLINE_S, "b to take over")
+        wait_for(
+            lambda: "wr_ticker_leader 1.0" in httpx.get(f"{b.base}/metrics").text,
+            DEADLINE_S,
+            "b to show it leads",
+        )
         assert "lease acquired" in b.log.read_text()
         wait_state(b, person["queue_token"], "admitted")
         with store.client() as client:

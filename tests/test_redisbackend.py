@@ -77,6 +77,10 @@ def test_one_steward_leads_and_the_other_follows(tmp_path: Path, url: str) -> No
     now = time.monotonic()
     assert a.lease.leading(now)
     assert not b.lease.leading(now)
+    # Shown to the workers' /metrics through the shared block.
+    assert a.block.header.leader == 1
+    assert b.block.header.leader == 0
+    assert a.block.header.store_unreachable == 0
 
 
 def test_positions_are_unique_across_hosts_and_taken_in_blocks(
@@ -236,6 +240,7 @@ def test_an_unreachable_store_makes_rooms_stale_and_holds_joins(
     assert room(a).stale
     assert room(a).joins_held
     assert room(a).join() is None
+    assert a.block.header.store_unreachable == 1
     # Attempts back off instead of hitting the store every step.
     assert not a.backoff.due(time.monotonic() - 1.0)
     for _ in range(3):

@@ -333,6 +333,7 @@ class RedisSteward(Steward):
             except redis.RedisError as exc:
                 log.warning("cannot release the lease error=%s", exc)
         self.lease.lost()
+        self.block.header.leader = 0
         self.store.close()
 
     def step(self, now: float) -> None:
@@ -357,6 +358,7 @@ class RedisSteward(Steward):
         if self.backoff.succeeded():
             log.info("store reachable again")
         self.reachable = True
+        self.block.header.store_unreachable = 0
         self._apply(reading, pushed)
         self._sync_overrides(reading.overrides_version, now)
 
@@ -366,6 +368,7 @@ class RedisSteward(Steward):
                 self._lead(now)
             else:
                 self._follow()
+        self.block.header.leader = int(self.lease.leading(now))
         self._measure_joins(now)
         self._fetch_blocks()
 
@@ -425,6 +428,7 @@ class RedisSteward(Steward):
                 self.lease.holder,
             )
             self.lease.lost()
+            self.block.header.leader = 0
             return
         wall = self._wall()
         for room, count in plan.items():
@@ -525,6 +529,8 @@ class RedisSteward(Steward):
         self.failures = 1 if self.reachable else self.failures + 1
         self.reachable = False
         self.lease.lost()
+        self.block.header.store_unreachable = 1
+        self.block.header.leader = 0
         joins_held = self.settings.fallback_positions == 0
         for room in self.rooms.values():
             room.mark_stale(joins_held)

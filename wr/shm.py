@@ -220,6 +220,10 @@ class BlockHeader(ctypes.Structure):
         ("ticker_lag", ctypes.c_double),
         # 1 while the state directory refuses writes.
         ("save_failing", ctypes.c_int64),
+        # The redis backend: 1 while Redis cannot be reached; 1 while this
+        # host holds the ticker's lease.
+        ("store_unreachable", ctypes.c_int64),
+        ("leader", ctypes.c_int64),
         # The counters of workers that have exited, so totals never go back.
         ("retired", MetricsBlob),
     )
