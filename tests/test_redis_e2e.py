@@ -211,6 +211,7 @@ def test_killing_the_leaders_host_hands_the_lease_over(
             DEADLINE_S,
             "b to show it leads",
         )
+        # Logged in the step that set the metric, before it.
         assert "lease acquired" in b.log.read_text()
         wait_state(b, person["queue_token"], "admitted")
         with store.client() as client:
@@ -281,7 +282,8 @@ def test_a_host_started_without_redis_answers_and_recovers(tmp_path: Path) -> No
 def test_fallback_positions_keep_joins_open_while_redis_is_away(
     tmp_path: Path, store: RedisServer
 ) -> None:
-    text = config(store.url, extra="fallback_positions = 50")
+    # Nobody admitted: a waiting person's status is the one flagged stale.
+    text = config(store.url, rate=0, extra="fallback_positions = 50")
     wr = host(tmp_path, "a", text).start()
     try:
         first = join(wr)
