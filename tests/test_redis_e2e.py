@@ -301,7 +301,7 @@ def test_a_hung_redis_does_not_stall_the_supervisor(
     tmp_path: Path, store: RedisServer
 ) -> None:
     text = config(store.url, workers=2, rate=0).replace(
-        "workers = 2", "workers = 2\nheartbeat_timeout_s = 2"
+        "workers = 2", "workers = 2\nheartbeat_timeout_s = 3"
     )
     wr = host(tmp_path, "a", text).start()
     try:
@@ -310,12 +310,13 @@ def test_a_hung_redis_does_not_stall_the_supervisor(
         store.pause()
         wait_stale(wr, person["queue_token"])
         # The supervisor keeps stepping while each call times out: its
-        # attempts (at most 0.5 s apart) are logged, and no worker misses
-        # a heartbeat meanwhile (it would be killed after 2 s).
+        # attempts (at most 0.5 s apart, each up to 0.25 s) are logged, and
+        # no worker misses a heartbeat meanwhile (it would be killed after
+        # 3 s; twelve attempts take longer than that).
         wait_for(
-            lambda: "store unreachable attempts=8 " in wr.log.read_text(),
+            lambda: "store unreachable attempts=12 " in wr.log.read_text(),
             DEADLINE_S,
-            "eight attempts at the hung store",
+            "twelve attempts at the hung store",
         )
         assert "missed its heartbeat" not in wr.log.read_text()
         store.resume()
