@@ -338,3 +338,26 @@ def test_a_refused_join_is_counted_for_the_sizer() -> None:
     assert room.join() is None
     assert room.join() is None
     assert room.joins_refused == 2
+
+
+def test_take_back_returns_what_was_held_and_stops_joins() -> None:
+    room = Room(RoomConfig())
+    room.restore(next_position=1, serving=0, claimed=0, admitted=0)
+    room.offer_block(1, 5)
+    room.join()
+    room.offer_block(9, 12)
+    assert room.take_back() == [(2, 5), (9, 12)]
+    assert room.join() is None
+    assert room.take_back() == []
+
+
+def test_follow_takes_the_leaders_serving_as_it_is() -> None:
+    room = Room(RoomConfig())
+    room.restore(next_position=1, serving=0, claimed=0, admitted=0)
+    room.skip(3, 8)
+    room.follow(10)
+    # Not 15: the leader had already passed over the skip.
+    assert room.serving == 10
+    assert room.skips == []
+    room.follow(4)
+    assert room.serving == 10

@@ -220,11 +220,17 @@ def test_killing_the_leaders_host_hands_the_lease_over(
         b.stop()
 
 
-def test_a_clean_stop_gives_the_lease_up(tmp_path: Path, store: RedisServer) -> None:
+def test_a_clean_stop_gives_the_lease_and_unused_positions_up(
+    tmp_path: Path, store: RedisServer
+) -> None:
     a = host(tmp_path, "a", config(store.url)).start()
     wait_for(lambda: leader_pid(store) == a.pid, DEADLINE_S, "a to lead")
+    join(a)
     assert a.stop() == 0
     assert leader_pid(store) is None
+    # What it held and never handed out is passed over, not admitted.
+    with store.client() as client:
+        assert client.zcard("wr:room:default:skips") >= 1
 
 
 def test_restarting_redis_loses_no_position_and_repeats_none(

@@ -341,3 +341,38 @@ def test_a_redis_that_lost_its_data_is_raised_to_what_the_host_knew(
     after = [join(a) for _ in range(20)]
     assert len(set(before + after)) == len(before) + len(after)
     assert min(after) > max(before)
+
+
+def test_a_clean_stop_gives_unused_positions_back_as_skips(
+    tmp_path: Path, url: str, server: RedisServer
+) -> None:
+    a = steward(tmp_path, url, "a")
+    b = steward(tmp_path, url, "b", rate=6000)
+    handed = [join(a) for _ in range(3)]
+    step(a, b)
+    a.final_save()
+    assert room(a).join() is None
+    with server.client() as client:
+        members = client.zrange("wr:room:default:skips", 0, -1)
+    unused = sorted(tuple(int(v) for v in m.split(b":")) for m in members)
+    assert unused
+    assert all(first > max(handed) for first, _ in unused)
+    skipped = sum(end - first for first, end in unused)
+    last = max(end for _, end in unused) - 1
+
+    def passed() -> bool:
+        step(b)
+        return room(b).serving >= last
+
+    wait_for(passed, DEADLINE_S, "the new leader to pass the skips")
+    with server.client() as client:
+        serving = int(client.get("wr:room:default:serving") or 0)
+        admitted = int(client.get("wr:room:default:admitted") or 0)
+        left = client.zcard("wr:room:default:skips")
+    # Nobody held those positions: no admission was spent on them.
+    assert serving - admitted == skipped
+    # Passed skips are dropped from Redis at the next step.
+    assert left >= 0
+    step(b)
+    with server.client() as client:
+        assert client.zcard("wr:room:default:skips") == 0

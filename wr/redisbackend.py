@@ -32,9 +32,13 @@ the positions held in advance); the steward retries with a doubling
 back-off. Each call gives up after ``redis.timeout_s``, so the supervisor's
 loop never stalls for longer than that per step.
 
-Known limits: positions a host held but never handed out (its blocks when
-it stops or dies, a reply lost to a timeout) are spent by the ticker like
-any other position, at most ``2 * block`` admissions per host stop; a claim
+A host that stops cleanly gives the positions it held but never handed
+out back as *skips* (a sorted set in Redis), which every ticker passes over
+without spending admissions, as the memory backend does after a crash.
+
+Known limits: positions held by a host that dies, or taken in a reply lost
+to a timeout, are spent by the ticker like any other position (at most
+``2 * block`` admissions per death); a claim
 increment whose reply is lost may be counted twice; with ``workers = 1``
 the calls run on the serving loop itself, bounded by ``redis.timeout_s``.
 Capacity mode and pre-queues keep per-host state and are refused with this
@@ -149,6 +153,8 @@ class RoomReading:
     claimed: int
     # The highest position taken from the counter (0: none yet).
     taken: int
+    # Ranges [first, end) given back by hosts that stopped, not yet passed.
+    skips: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,27 +193,51 @@ class RedisStore:
     def room_key(self, room: str, counter: str) -> str:
         return self.key("room", room, counter)
 
-    def sync(self, claims: Mapping[str, int], lease_ms: int) -> Reading:
-        """Renew or take the lease, push claims, read every room's counters."""
+    def sync(
+        self, claims: Mapping[str, int], serving: Mapping[str, int], lease_ms: int
+    ) -> Reading:
+        """Renew or take the lease, push claims, read every room's counters.
+
+        ``serving[room]`` is the last value known: skips it has passed are
+        dropped (serving only rises, so that is safe from any host).
+        """
         pipe = self.client.pipeline(transaction=False)
         pipe.eval(
             LEASE_SCRIPT, 2, self.key("lease"), self.key("fence"), self.holder, lease_ms
         )
         pipe.get(self.key("overrides", "version"))
         for name, delta in claims.items():
+            skips = self.room_key(name, "skips")
             pipe.incrby(self.room_key(name, "claimed"), delta)
             pipe.mget(
                 self.room_key(name, "serving"),
                 self.room_key(name, "admitted"),
                 self.room_key(name, "next"),
             )
+            # A skip is scored by its end: passed once end - 1 <= serving.
+            pipe.zremrangebyscore(skips, "-inf", serving.get(name, 0) + 1)
+            pipe.zrange(skips, 0, -1)
         replies = pipe.execute()
         rooms = {}
         for i, name in enumerate(claims):
-            claimed = int(replies[2 + 2 * i])
-            serving, admitted, taken = (_int(v) for v in replies[3 + 2 * i])
-            rooms[name] = RoomReading(serving, admitted, claimed, taken)
+            at = 2 + 4 * i
+            shared, admitted, taken = (_int(v) for v in replies[at + 1])
+            rooms[name] = RoomReading(
+                shared,
+                admitted,
+                int(replies[at]),
+                taken,
+                tuple(sorted(_range(member) for member in replies[at + 3])),
+            )
         return Reading(int(replies[0]), _int(replies[1]), rooms)
+
+    def give_back(self, unused: Mapping[str, list[tuple[int, int]]]) -> None:
+        """Record positions a stopping host never handed out, as skips."""
+        pipe = self.client.pipeline(transaction=False)
+        for name, ranges in unused.items():
+            for first, end in ranges:
+                pipe.zadd(self.room_key(name, "skips"), {f"{first}:{end}": end})
+        pipe.execute()
 
     def raise_serving(
         self, token: int, proposals: Mapping[str, tuple[int, int]]
@@ -270,6 +300,11 @@ def _int(value: Any) -> int:
     return 0 if value is None else int(value)
 
 
+def _range(member: bytes) -> tuple[int, int]:
+    first, _, end = member.partition(b":")
+    return int(first), int(end)
+
+
 def _holder_id() -> str:
     """Unique to this process's life: a restarted host is a new holder."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -326,12 +361,21 @@ class RedisSteward(Steward):
         return {}
 
     def final_save(self) -> None:
-        """Give the lease up at a clean stop; the counters are in Redis."""
-        if self.lease.token and self.reachable:
-            try:
+        """At a clean stop, once no worker hands out positions.
+
+        The positions this host held but never handed out become skips
+        that every ticker passes over without spending admissions, and the
+        lease is given up so that another host takes over at once.
+        """
+        unused = {name: room.take_back() for name, room in self.rooms.items()}
+        try:
+            self.store.give_back(unused)
+            if self.lease.token:
                 self.store.release()
-            except redis.RedisError as exc:
-                log.warning("cannot release the lease error=%s", exc)
+        except redis.RedisError as exc:
+            # The ticker will spend admissions on them instead: the cost
+            # of a crash.
+            log.warning("cannot give back positions or the lease error=%s", exc)
         self.lease.lost()
         self.block.header.leader = 0
         self.store.close()
@@ -348,7 +392,8 @@ class RedisSteward(Steward):
         held = self.lease.token
         asked_at = now
         pushed = self._claims_to_push()
-        reading = self.store.sync(pushed, self.settings.lease_ms)
+        serving = {name: room.serving for name, room in self.rooms.items()}
+        reading = self.store.sync(pushed, serving, self.settings.lease_ms)
         if self.lease.granted(reading.token, asked_at):
             log.info(
                 "lease acquired token=%s holder=%s", reading.token, self.lease.holder
@@ -395,8 +440,10 @@ class RedisSteward(Steward):
                     known,
                 )
             self._taken[name] = max(known, shared.taken)
-            if shared.serving > room.serving:
-                room.admit(shared.serving - room.serving)
+            for first, end in shared.skips:
+                if (first, end) not in room.skips:
+                    room.skip(first, end)
+            room.follow(shared.serving)
             # The total includes what this step pushed: the local count as
             # it was when the step read it.
             counted = self._claims_base.get(name, room.claimed) + pushed[name]

@@ -337,6 +337,32 @@ class Room:
             counters.block_to = end
         return True
 
+    def take_back(self) -> list[tuple[int, int]]:
+        """Stop handing out positions; return the ranges left unused."""
+        counters = self._counters
+        with self._lock:
+            unused = [
+                (int(counters.next_position), int(counters.reserved)),
+                (int(counters.block_from), int(counters.block_to)),
+            ]
+            counters.reserved = counters.next_position
+            counters.block_from = counters.block_to = 0
+        return [(first, end) for first, end in unused if end > first]
+
+    def follow(self, serving: int) -> None:
+        """Raise ``serving`` to a value the leader set (the redis backend).
+
+        Unlike :meth:`admit`, the value is taken as it is: the leader has
+        already passed over the skips.
+        """
+        current = self.serving
+        if serving <= current:
+            return
+        self._skips = [skip for skip in self._skips if skip[1] - 1 > serving]
+        self._publish_skip()
+        self._forget_claims(current + 1, serving)
+        self._counters.serving = serving
+
     @property
     def joins_refused(self) -> int:
         """Joins that found no position left to hand out."""
