@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_api import World, body
 from wr.cluster import (
     LEASE_SAFETY,
     Backoff,
@@ -261,45 +258,6 @@ def test_claims_merge_with_the_cluster_total_keeping_unpushed_ones() -> None:
     room.claim(4)
     room.merge_claims(counted, 10)
     assert room.claimed == 11
-
-
-# The API while the store is out of reach
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    (tmp_path / "index.html").write_text("<!doctype html><title>wait</title>")
-    (tmp_path / "inside.html").write_text("<!doctype html><title>in</title>")
-    return World(tmp_path)
-
-
-def test_joins_are_503_with_retry_after_while_held(world: World) -> None:
-    world.rooms["default"].mark_stale(joins_held=True)
-    response = world.request("POST", "/api/v1/rooms/default/join")
-    assert response.status == 503
-    assert body(response)["error"] == "updating"
-    assert dict(response.headers)["retry-after"] == "5"
-
-
-def test_status_answers_from_the_last_serving_flagged_stale(world: World) -> None:
-    person = world.join()
-    world.rooms["default"].mark_stale(joins_held=True)
-    answer = body(world.status(str(person["queue_token"])))
-    assert answer["stale"] is True
-    assert answer["position"] == person["position"]
-    assert answer["state"] == "waiting"
-
-
-def test_a_fresh_status_carries_no_stale_flag(world: World) -> None:
-    person = world.join()
-    assert "stale" not in body(world.status(str(person["queue_token"])))
-
-
-def test_with_fallback_joins_go_on_while_stale(world: World) -> None:
-    world.rooms["default"].mark_stale(joins_held=False)
-    response = world.request("POST", "/api/v1/rooms/default/join")
-    assert response.status == 200
-    assert body(response)["stale"] is True
 
 
 def test_a_host_that_runs_dry_doubles_its_blocks_up_to_the_max() -> None:
