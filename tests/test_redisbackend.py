@@ -376,3 +376,14 @@ def test_a_clean_stop_gives_unused_positions_back_as_skips(
     step(b)
     with server.client() as client:
         assert client.zcard("wr:room:default:skips") == 0
+
+
+def test_a_claims_write_repeated_after_a_lost_reply_counts_once(
+    tmp_path: Path, url: str
+) -> None:
+    a = steward(tmp_path, url, "a")
+    b = steward(tmp_path, url, "b")
+    for _ in range(2):
+        a.store.sync({"default": 4}, {"default": 0}, SETTINGS.lease_ms)
+    reading = b.store.sync({"default": 3}, {"default": 0}, SETTINGS.lease_ms)
+    assert reading.rooms["default"].claimed == 7

@@ -1,11 +1,11 @@
 """Rooms shared by several hosts through Redis (``server.backend = "redis://..."``).
 
 Theory of operation. Redis holds, per room, the counter positions are
-taken from (``next``), ``serving``, ``admitted`` and ``claimed``; and for
-the cluster the ticker's lease, its fencing counter and the admin API's
-room changes. Each host's steward (:class:`RedisSteward`, in the
-supervisor) talks to Redis; workers never do, so a request never waits on
-the network:
+taken from (``next``), ``serving``, ``admitted``, the claims (one field
+per host) and the skips; and for the cluster the ticker's lease, its
+fencing counter and the admin API's room changes. Each host's steward
+(:class:`RedisSteward`, in the supervisor) talks to Redis; workers never
+do, so a request never waits on the network:
 
 - **positions**: the steward keeps one block of positions queued in the
   shared block beside the range workers hand out from (``INCRBY``, sized by
@@ -17,10 +17,10 @@ the network:
   holds the lease with the current token and only ever raises the value.
   Every other host reads ``serving`` each step and publishes it to its
   workers;
-- **claims** are counted on the host that saw them and added to Redis each
-  step (``INCRBY`` of the difference), so the leader's policies see the
-  cluster's claims; every host samples the shared counters, so a new leader
-  starts with the old one's history;
+- **claims** are counted on the host that saw them and written to its
+  own field in Redis each step (the sum is the total), so the leader's
+  policies see the cluster's claims; every host samples the shared
+  counters, so a new leader starts with the old one's history;
 - **room changes** made through any host's admin API are written to Redis
   with a version; other hosts copy them into their own overrides file and
   reload, as the memory backend does for its own workers.
@@ -38,9 +38,8 @@ without spending admissions, as the memory backend does after a crash.
 
 Known limits: positions held by a host that dies, or taken in a reply lost
 to a timeout, are spent by the ticker like any other position (at most
-``2 * block`` admissions per death); a claim
-increment whose reply is lost may be counted twice; with ``workers = 1``
-the calls run on the serving loop itself, bounded by ``redis.timeout_s``.
+``2 * block`` admissions per death); with ``workers = 1`` the calls run
+on the serving loop itself, bounded by ``redis.timeout_s``.
 Capacity mode and pre-queues keep per-host state and are refused with this
 backend.
 """
@@ -198,6 +197,9 @@ class RedisStore:
     ) -> Reading:
         """Renew or take the lease, push claims, read every room's counters.
 
+        ``claims[room]`` is how many claims this host has seen in all; each
+        host writes its own field of a hash and the total is their sum, so
+        a write repeated after a lost reply counts nothing twice.
         ``serving[room]`` is the last value known: skips it has passed are
         dropped (serving only rises, so that is safe from any host).
         """
@@ -206,9 +208,10 @@ class RedisStore:
             LEASE_SCRIPT, 2, self.key("lease"), self.key("fence"), self.holder, lease_ms
         )
         pipe.get(self.key("overrides", "version"))
-        for name, delta in claims.items():
+        for name, own in claims.items():
             skips = self.room_key(name, "skips")
-            pipe.incrby(self.room_key(name, "claimed"), delta)
+            pipe.hset(self.room_key(name, "claims"), self.holder, own)
+            pipe.hvals(self.room_key(name, "claims"))
             pipe.mget(
                 self.room_key(name, "serving"),
                 self.room_key(name, "admitted"),
@@ -220,14 +223,14 @@ class RedisStore:
         replies = pipe.execute()
         rooms = {}
         for i, name in enumerate(claims):
-            at = 2 + 4 * i
-            shared, admitted, taken = (_int(v) for v in replies[at + 1])
+            at = 2 + 5 * i
+            shared, admitted, taken = (_int(v) for v in replies[at + 2])
             rooms[name] = RoomReading(
                 shared,
                 admitted,
-                int(replies[at]),
+                sum(int(v) for v in replies[at + 1]),
                 taken,
-                tuple(sorted(_range(member) for member in replies[at + 3])),
+                tuple(sorted(_range(member) for member in replies[at + 4])),
             )
         return Reading(int(replies[0]), _int(replies[1]), rooms)
 
@@ -343,6 +346,8 @@ class RedisSteward(Steward):
         self._overrides_version = -1
         self._seen_generation = int(block.header.generation)
         self._claims_base: dict[str, int] = {}
+        # Claims seen on this host in all, per room: its field in Redis.
+        self._own_claims: dict[str, int] = {}
         self._joins_from: dict[str, int] = {}
         self._joins_rate: dict[str, float] = {}
         self._sizers: dict[str, BlockSizer] = {}
@@ -392,8 +397,10 @@ class RedisSteward(Steward):
         held = self.lease.token
         asked_at = now
         pushed = self._claims_to_push()
+        own = {name: self._own_claims.get(name, 0) + d for name, d in pushed.items()}
         serving = {name: room.serving for name, room in self.rooms.items()}
-        reading = self.store.sync(pushed, serving, self.settings.lease_ms)
+        reading = self.store.sync(own, serving, self.settings.lease_ms)
+        self._own_claims.update(own)
         if self.lease.granted(reading.token, asked_at):
             log.info(
                 "lease acquired token=%s holder=%s", reading.token, self.lease.holder
