@@ -54,11 +54,13 @@ def free_port() -> int:
         return port
 
 
-def wait_until_answering(url: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_until_answering(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            raise RuntimeError(
+                f"wr exited with {proc.returncode}:\n{log.read_text()[-2000:]}"
+            )
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
@@ -99,6 +101,7 @@ def wr_hosts(directory: Path, backend: str) -> Iterator[list[str]]:
     """Two wr instances (one worker each) with ``backend``; their base URLs."""
     procs: list[subprocess.Popen[bytes]] = []
     bases = []
+    logs: list[Path] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("WR_")}
     try:
         for name in ("a", "b"):
@@ -121,8 +124,9 @@ def wr_hosts(directory: Path, backend: str) -> Iterator[list[str]]:
                     )
                 )
             bases.append(f"http://127.0.0.1:{port}")
-        for base, proc in zip(bases, procs, strict=True):
-            wait_until_answering(f"{base}/healthz", proc)
+            logs.append(home / "wr.log")
+        for base, proc, log_path in zip(bases, procs, logs, strict=True):
+            wait_until_answering(f"{base}/healthz", proc, log_path)
         yield bases
     finally:
         for proc in procs:
