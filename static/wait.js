@@ -21,7 +21,8 @@
       location.assign(data.redirect);
       return;
     }
-    show("message", "You are in line.");
+    // stale: the server cannot reach its shared store; the place holds.
+    show("message", data.stale ? "You are in line. Updating…" : "You are in line.");
     show("position", String(data.position));
     show("ahead", String(data.ahead));
     show("eta", inWords(data.eta_s));

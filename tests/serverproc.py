@@ -79,6 +79,18 @@ class WrServer:
         wait_for(self._healthy, START_TIMEOUT_S, f"wr on port {self.port}")
         return self
 
+    def wait_workers_listening(self, workers: int, timeout_s: float = 20.0) -> None:
+        """Every worker listens: the supervisor has had each one's heartbeat.
+
+        ``/healthz`` answering only proves one of them does; connections
+        made before the others listen all land on that one.
+        """
+        wait_for(
+            lambda: f"workers={workers}" in self.log.read_text(),
+            timeout_s,
+            f"{workers} workers listening",
+        )
+
     def fail_to_start(self, timeout_s: float = START_TIMEOUT_S) -> tuple[int, str]:
         """Launch a wr that must exit by itself: its status and its output."""
         self.launch()

@@ -27,6 +27,7 @@ target_url = "/inside"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
     wr = WrServer(tmp_path, CONFIG).start()
+    wr.wait_workers_listening(2)
     yield wr
     if wr.proc is not None and wr.proc.poll() is None:
         wr.stop()

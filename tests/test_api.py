@@ -383,3 +383,35 @@ def test_metrics_page_shows_room_counters(world: World) -> None:
     assert 'wr_room_next_position{room="default"} 3.0' in text
     assert 'wr_room_waiting{room="default"} 2.0' in text
     assert 'wr_http_requests_total{code="200",route="join"} 2.0' in text
+
+
+# The API while the shared store is out of reach (redis backend)
+
+
+def test_joins_are_503_with_retry_after_while_held(world: World) -> None:
+    world.rooms["default"].mark_stale(joins_held=True)
+    response = world.request("POST", "/api/v1/rooms/default/join")
+    assert response.status == 503
+    assert body(response)["error"] == "updating"
+    assert dict(response.headers)["retry-after"] == "5"
+
+
+def test_status_answers_from_the_last_serving_flagged_stale(world: World) -> None:
+    person = world.join()
+    world.rooms["default"].mark_stale(joins_held=True)
+    answer = body(world.status(str(person["queue_token"])))
+    assert answer["stale"] is True
+    assert answer["position"] == person["position"]
+    assert answer["state"] == "waiting"
+
+
+def test_a_fresh_status_carries_no_stale_flag(world: World) -> None:
+    person = world.join()
+    assert "stale" not in body(world.status(str(person["queue_token"])))
+
+
+def test_with_fallback_joins_go_on_while_stale(world: World) -> None:
+    world.rooms["default"].mark_stale(joins_held=False)
+    response = world.request("POST", "/api/v1/rooms/default/join")
+    assert response.status == 200
+    assert body(response)["stale"] is True

@@ -66,7 +66,7 @@ def test_default_needs_no_file() -> None:
     assert config.server.workers == (os.cpu_count() or 1)
 
 
-def test_default_leaves_reserved_keys_at_their_defaults() -> None:
+def test_default_is_memory_backend_hs256_and_a_default_room() -> None:
     config = load_config(env=NO_ENV)
     assert config.server.backend == "memory"
     assert config.tokens.algorithm == "HS256"
@@ -498,10 +498,10 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: ")
 
 
-# Keys reserved for later features
+# Keys written out at their defaults
 
 
-RESERVED_AT_DEFAULT = """\
+AT_DEFAULT = """\
 [server]
 backend = "memory"
 workers = 1
@@ -519,24 +519,10 @@ passthrough = false
 """
 
 
-def test_reserved_keys_are_accepted_at_their_default(tmp_path: Path) -> None:
-    config = load_text(tmp_path, RESERVED_AT_DEFAULT)
+def test_keys_written_at_their_default_change_nothing(tmp_path: Path) -> None:
+    config = load_text(tmp_path, AT_DEFAULT)
     assert config.rooms["sale"] == RoomConfig(name="sale")
     assert config.admin.port == 8081
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ('[server]\nbackend = "redis://127.0.0.1:6379/0"\n', "server.backend"),
-    ],
-)
-def test_reserved_key_set_otherwise_is_refused(
-    tmp_path: Path, text: str, key: str
-) -> None:
-    error = error_of(tmp_path, text)
-    assert_one_line(error, key)
-    assert "version" in error.problem
 
 
 def test_workers_come_from_env_and_flags() -> None:

@@ -51,7 +51,7 @@ ACCESS_LINE = re.compile(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WrServer]:
     wr = WrServer(tmp_path_factory.mktemp("metrics"), CONFIG).start()
-    wait_for(lambda: len(wr.worker_pids()) == 2, 10.0, "two workers")
+    wr.wait_workers_listening(2)
     yield wr
     if wr.proc is not None and wr.proc.poll() is None:
         wr.stop()

@@ -42,9 +42,7 @@ def server(tmp_path: Path) -> Iterator[WrServer]:
     # Both workers have sent a heartbeat (the supervisor then says it
     # listens): a worker stopped before its first one would only be
     # judged after the start-up grace, longer than the tests wait.
-    wait_for(
-        lambda: "workers=2" in wr.log.read_text(), 20.0, "both workers' heartbeats"
-    )
+    wr.wait_workers_listening(2)
     yield wr
     if wr.proc is not None and wr.proc.poll() is None:
         wr.stop()

@@ -33,7 +33,14 @@ from typing import Any
 
 import orjson
 
-from wr.config import ROOM_NAME, Config, ConfigError, RoomConfig, room_from_table
+from wr.config import (
+    ROOM_NAME,
+    Config,
+    ConfigError,
+    RoomConfig,
+    refuse_for_redis,
+    room_from_table,
+)
 from wr.http import Request, Response, error_response
 from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wr.metrics import Metrics
@@ -266,6 +273,8 @@ class AdminApp:
             change = {**base, **change}
         try:
             room = room_from_table(name, change)
+            if self.config.server.redis_url is not None:
+                refuse_for_redis(room)
         except ConfigError as exc:
             return _error(400, "invalid", f"{exc.key}: {exc.problem}")
         if name not in current:

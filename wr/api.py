@@ -44,6 +44,9 @@ ROOMS_PREFIX = "/api/v1/rooms/"
 JWKS_CONTENT_TYPE = "application/jwk-set+json"
 
 _NO_STORE = ("cache-control", "no-store")
+# While the shared store is out of reach, joins are asked to come back after
+# this long: reconnection backs off to a few seconds.
+STORE_RETRY_AFTER_S = 5
 _GET = ("GET", "HEAD")
 
 
@@ -204,6 +207,15 @@ class App:
         phase = room.phase()
         if phase == "closed":
             return _error(410, "closed", "this room is closed")
+        if room.joins_held:
+            # The shared store is out of reach (redis backend): a position
+            # cannot be promised unique, so none is handed out.
+            return _error(
+                503,
+                "updating",
+                "the line cannot take new places right now",
+                ("retry-after", str(STORE_RETRY_AFTER_S)),
+            )
         max_queue = room.config.max_queue
         if max_queue is not None and room.waiting >= max_queue:
             return _error(503, "queue_full", "the line is full", ("retry-after", "30"))
@@ -374,6 +386,9 @@ class App:
                 "next_poll_s": next_poll_s(None if paused else eta, self._rand),
                 "queue_token": token,
             }
+        if room.stale:
+            # serving is the last value read from the shared store.
+            body["stale"] = True
         headers = []
         if set_cookie:
             ttl = self.config.tokens.queue_ttl_s

@@ -19,6 +19,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "HttpConfig",
     "MetricsConfig",
+    "RedisConfig",
     "RoomConfig",
     "ServerConfig",
     "TokensConfig",
@@ -69,13 +71,6 @@ ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # An http(s) origin, optionally with a trailing slash: letters, digits, dots
 # and dashes for the host (IDNs in their xn-- form), an optional port.
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
-
-# Keys whose names are reserved by DESIGN.md for capabilities that later
-# versions add. Setting one to anything but its default would silently do
-# nothing, so it stops start-up instead.
-_NOT_YET = {
-    "server.backend": "only 'memory' is available in this version",
-}
 
 
 class ConfigError(Exception):
@@ -119,6 +114,91 @@ class ServerConfig:
         _require(bool(self.state_dir), f"{key}.state_dir", "must not be empty")
         _require(
             self.heartbeat_timeout_s >= 2, f"{key}.heartbeat_timeout_s", "must be >= 2"
+        )
+        if self.backend != "memory":
+            _check_redis_url(f"{key}.backend", self.backend)
+
+    @property
+    def redis_url(self) -> str | None:
+        """The shared store's URL, or None for the memory backend."""
+        return None if self.backend == "memory" else self.backend
+
+
+def _check_redis_url(key: str, url: str) -> None:
+    """``redis://[user:password@]host[:port][/db]``, as redis-py reads it."""
+    parts = urllib.parse.urlsplit(url)
+    _require(
+        parts.scheme == "redis",
+        key,
+        f"must be 'memory' or 'redis://host:port/db', got {url!r}",
+    )
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    _require(port is None or 1 <= port <= 65535, key, "port must be 1..65535")
+    _require(bool(parts.hostname), key, "needs a host: redis://host:port/db")
+    db = parts.path.removeprefix("/")
+    _require(
+        db == "" or (db.isdigit() and db.isascii()),
+        key,
+        f"the database must be a number, got {db!r}",
+    )
+    _require(not parts.query and not parts.fragment, key, "takes no query or fragment")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """The redis backend's tuning (``server.backend = "redis://..."``)."""
+
+    # Every key wr writes starts with this, so one Redis can hold several
+    # independent clusters (one prefix each).
+    key_prefix: str = "wr:"
+    # Each call to Redis gives up after this long: the supervisor's loop
+    # (heartbeats, restarts) must not stall behind a store that hangs.
+    timeout_s: float = 0.25
+    # The ticker's lease. Another host takes over at most this long after
+    # the leader stops renewing it; shorter means faster takeover but more
+    # risk that a slow leader loses the lease under load.
+    lease_ms: int = 3000
+    # Positions fetched per round trip: enough for this many seconds of the
+    # host's arrivals, within [block_min, block_max]. block_max bounds how
+    # far a person can be overtaken (see wr.cluster.fairness_bound).
+    block_ahead_s: float = 0.5
+    block_min: int = 1
+    block_max: int = 1000
+    # Positions kept in reserve for an outage of Redis: while it is out of
+    # reach, joins take these instead of answering 503. 0: no fallback.
+    fallback_positions: int = 0
+    # Reconnection attempts back off from the first value, doubling, to the
+    # second.
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+
+    def check(self, key: str) -> None:
+        _require(bool(self.key_prefix), f"{key}.key_prefix", "must not be empty")
+        _require(0 < self.timeout_s <= 5, f"{key}.timeout_s", "must be in (0, 5]")
+        _require(self.lease_ms >= 200, f"{key}.lease_ms", "must be >= 200")
+        _require(
+            self.timeout_s * 1000 * 2 < self.lease_ms,
+            f"{key}.lease_ms",
+            "must be more than twice redis.timeout_s",
+        )
+        _require(self.block_ahead_s > 0, f"{key}.block_ahead_s", "must be > 0")
+        _require(self.block_min >= 1, f"{key}.block_min", "must be >= 1")
+        _require(
+            self.block_max >= self.block_min,
+            f"{key}.block_max",
+            "must be >= redis.block_min",
+        )
+        _require(
+            self.fallback_positions >= 0, f"{key}.fallback_positions", "must be >= 0"
+        )
+        _require(self.reconnect_min_s > 0, f"{key}.reconnect_min_s", "must be > 0")
+        _require(
+            self.reconnect_max_s >= self.reconnect_min_s,
+            f"{key}.reconnect_max_s",
+            "must be >= redis.reconnect_min_s",
         )
 
 
@@ -332,6 +412,7 @@ class Config:
     admin: AdminConfig
     rooms: Mapping[str, RoomConfig]
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    redis: RedisConfig = dataclasses.field(default_factory=RedisConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -349,6 +430,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "tokens": TokensConfig,
     "admin": AdminConfig,
     "metrics": MetricsConfig,
+    "redis": RedisConfig,
 }
 
 # Variables that sit between the file and the flags (DESIGN.md).
@@ -454,8 +536,25 @@ def _build(data: dict[str, Any]) -> Config:
         rooms[name] = _section(RoomConfig, {**table, "name": name}, key)
 
     config = Config(rooms=types.MappingProxyType(rooms), **sections)
-    _refuse_unavailable(config)
+    if config.server.redis_url is not None:
+        for name, room in rooms.items():
+            refuse_for_redis(room, f"rooms.{name}.")
     return config
+
+
+# Room keys whose state is still kept per host, so a cluster sharing the
+# room through Redis would get them wrong.
+_NOT_WITH_REDIS = {
+    "max_active": "capacity mode is not available with a redis backend",
+    "opens_at": "a pre-queue is not available with a redis backend",
+}
+
+
+def refuse_for_redis(room: RoomConfig, prefix: str = "") -> None:
+    """Refuse a room setting that the redis backend does not share yet."""
+    for key, why in _NOT_WITH_REDIS.items():
+        if getattr(room, key) != getattr(RoomConfig(), key):
+            raise ConfigError(f"{prefix}{key}", why)
 
 
 def room_from_table(name: str, table: Mapping[str, Any]) -> RoomConfig:
@@ -466,7 +565,6 @@ def room_from_table(name: str, table: Mapping[str, Any]) -> RoomConfig:
         room: RoomConfig = _section(RoomConfig, {**table, "name": name}, "@")
     except ConfigError as exc:
         raise ConfigError(exc.key.removeprefix("@."), exc.problem) from None
-    _refuse_unavailable_room(name, room)
     return room
 
 
@@ -515,23 +613,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if k is not type(None)
     )
     raise ConfigError(key, f"must be {names}, got {value!r}")
-
-
-def _refuse_unavailable_room(name: str, room: RoomConfig, prefix: str = "") -> None:
-    for path, why in _NOT_YET.items():
-        if path.startswith("rooms.*."):
-            key = path.removeprefix("rooms.*.")
-            if getattr(room, key) != getattr(RoomConfig(), key):
-                raise ConfigError(f"{prefix}{key}", why)
-
-
-def _refuse_unavailable(config: Config) -> None:
-    defaults = {name: cls() for name, cls in _SECTIONS.items()}
-    for room_name, room in config.rooms.items():
-        _refuse_unavailable_room(room_name, room, f"rooms.{room_name}.")
-    for path, why in _NOT_YET.items():
-        section, name = path.rsplit(".", 1)
-        if section.startswith("rooms."):
-            continue
-        if getattr(getattr(config, section), name) != getattr(defaults[section], name):
-            raise ConfigError(path, why)

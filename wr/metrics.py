@@ -335,6 +335,16 @@ class Metrics(Collector):
                 "1 while the state directory refuses writes (serving from memory).",
                 value=header.save_failing,
             )
+            yield GaugeMetricFamily(
+                "wr_store_unreachable",
+                "1 while the shared store (redis backend) cannot be reached.",
+                value=header.store_unreachable,
+            )
+            yield GaugeMetricFamily(
+                "wr_ticker_leader",
+                "1 while this host holds the ticker's lease (redis backend).",
+                value=header.leader,
+            )
 
     def _rooms(self) -> Iterator[Metric]:
         now = time.time()

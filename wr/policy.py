@@ -80,6 +80,15 @@ class Policy:
             return max(0, min(room.waiting, allowed))
         return room.admissions(dt, self.compensation(now), limit)
 
+    def observe(self, now: float) -> None:
+        """Sample the room's counters without admitting anyone.
+
+        Hosts that do not lead a shared room (wr.redisbackend) keep the
+        history warm this way, so the one that takes over decides as the
+        old leader would have.
+        """
+        self._record(now)
+
     def compensation(self, now: float) -> float:
         """How much to raise the rate to make up for no-shows (1.0: none)."""
         bound = self.room.config.max_overadmit

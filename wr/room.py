@@ -242,7 +242,8 @@ class Room:
     @property
     def waiting(self) -> int:
         """People given a position and not yet allowed in."""
-        last = self.next_position - 1
+        # With the redis backend, other hosts hand out positions too.
+        last = max(self.next_position, int(self._counters.cluster_next)) - 1
         return max(0, last - self.serving - self._skipped_before(last + 1))
 
     @property
@@ -352,10 +353,100 @@ class Room:
         with self._lock:
             position = counters.next_position
             if position >= counters.reserved:
-                return None
+                if counters.block_to <= counters.block_from:
+                    counters.joins_refused += 1
+                    return None
+                # The redis backend's next block, fetched ahead of need.
+                position = counters.block_from
+                counters.reserved = counters.block_to
+                counters.block_from = counters.block_to = 0
             counters.next_position = position + 1
             counters.joins += 1
         return int(position)
+
+    @property
+    def stale(self) -> bool:
+        """True while the shared store is out of reach: ``serving`` may lag."""
+        return bool(self._counters.stale)
+
+    @property
+    def joins_held(self) -> bool:
+        """True while joins are refused because the shared store is out of reach."""
+        return bool(self._counters.joins_held)
+
+    def offer_block(self, first: int, end: int) -> bool:
+        """Queue ``[first, end)`` as the next positions to hand out.
+
+        False if a block is already queued. Taken by :meth:`join` once the
+        current range is used up; positions are unique across hosts because
+        the store handed the block to this host alone.
+        """
+        counters = self._counters
+        with self._lock:
+            if counters.block_to > counters.block_from:
+                return False
+            counters.block_from = first
+            counters.block_to = end
+        return True
+
+    def take_back(self) -> list[tuple[int, int]]:
+        """Stop handing out positions; return the ranges left unused."""
+        counters = self._counters
+        with self._lock:
+            unused = [
+                (int(counters.next_position), int(counters.reserved)),
+                (int(counters.block_from), int(counters.block_to)),
+            ]
+            counters.reserved = counters.next_position
+            counters.block_from = counters.block_to = 0
+        return [(first, end) for first, end in unused if end > first]
+
+    def follow(self, serving: int) -> None:
+        """Raise ``serving`` to a value the leader set (the redis backend).
+
+        Unlike :meth:`admit`, the value is taken as it is: the leader has
+        already passed over the skips.
+        """
+        current = self.serving
+        if serving <= current:
+            return
+        self._skips = [skip for skip in self._skips if skip[1] - 1 > serving]
+        self._publish_skip()
+        self._forget_claims(current + 1, serving)
+        self._counters.serving = serving
+
+    @property
+    def joins_refused(self) -> int:
+        """Joins that found no position left to hand out."""
+        return int(self._counters.joins_refused)
+
+    @property
+    def block_queued(self) -> bool:
+        """True while a block offered by :meth:`offer_block` waits its turn."""
+        return bool(self._counters.block_to > self._counters.block_from)
+
+    def set_shared(
+        self, *, cluster_next: int, admitted: int, stale: bool, joins_held: bool
+    ) -> None:
+        """Publish what the shared store says (the redis backend's steward)."""
+        counters = self._counters
+        counters.cluster_next = cluster_next
+        counters.admitted = admitted
+        counters.stale = int(stale)
+        counters.joins_held = int(joins_held)
+
+    def mark_stale(self, joins_held: bool) -> None:
+        self._counters.stale = 1
+        self._counters.joins_held = int(joins_held)
+
+    def merge_claims(self, counted: int, total: int) -> None:
+        """Make ``claimed`` the cluster's ``total`` plus claims not yet pushed.
+
+        ``counted`` is the local value that ``total`` accounts for; claims
+        made since then stay on top (see :mod:`wr.redisbackend`).
+        """
+        with self._lock:
+            self._counters.claimed += total - counted
 
     def is_admitted(self, position: int) -> bool:
         return self.opened and self.rank(position) <= self.serving

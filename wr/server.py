@@ -304,7 +304,7 @@ async def _watchdog(interval_s: float) -> None:
 
 
 def _warn_unapplied(old: Config, new: Config) -> None:
-    for key in ("host", "port", "workers", "state_dir"):
+    for key in ("host", "port", "workers", "state_dir", "backend"):
         if getattr(old.server, key) != getattr(new.server, key):
             log.warning("server.%s changed; it takes effect after a restart", key)
 

@@ -165,6 +165,17 @@ class RoomCounters(ctypes.Structure):
         ("untracked", ctypes.c_int64),
         # The proof-of-work difficulty the steward asks for now (wr.pow).
         ("pow_difficulty", ctypes.c_int64),
+        # The redis backend (wr.redisbackend): the next block of positions,
+        # [block_from, block_to), taken when the current range runs out; the
+        # highest position handed out across the cluster, as last read; and
+        # 1 while the store cannot be reached (joins_held: joins refused).
+        ("block_from", ctypes.c_int64),
+        ("block_to", ctypes.c_int64),
+        ("cluster_next", ctypes.c_int64),
+        ("stale", ctypes.c_int64),
+        ("joins_held", ctypes.c_int64),
+        # Joins that found no position left (the steward grows blocks).
+        ("joins_refused", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 
@@ -217,6 +228,10 @@ class BlockHeader(ctypes.Structure):
         ("ticker_lag", ctypes.c_double),
         # 1 while the state directory refuses writes.
         ("save_failing", ctypes.c_int64),
+        # The redis backend: 1 while Redis cannot be reached; 1 while this
+        # host holds the ticker's lease.
+        ("store_unreachable", ctypes.c_int64),
+        ("leader", ctypes.c_int64),
         # The counters of workers that have exited, so totals never go back.
         ("retired", MetricsBlob),
     )

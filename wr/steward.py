@@ -78,7 +78,7 @@ class Steward:
         # Where the rooms come from when the admin API changes them.
         self.rooms_source: Callable[[], Mapping[str, RoomConfig]] | None = None
         self._generation = int(block.header.generation)
-        saved = load_state(state_dir)
+        saved = self._load_saved()
         # Rooms in the file but not in the config keep their counters, so a
         # room that comes back never hands out a position twice.
         self._dormant = {n: s for n, s in saved.items() if n not in rooms}
@@ -97,6 +97,9 @@ class Steward:
         self.saves = 0
         # Nothing may be handed out before a first reservation is saved.
         self.step(now)
+
+    def _load_saved(self) -> dict[str, RoomState]:
+        return load_state(self.state_dir)
 
     def reconfigure(self, rooms: Mapping[str, RoomConfig], now: float) -> None:
         """Apply a reloaded room list: new rates at once, new rooms, removed rooms."""
@@ -131,13 +134,17 @@ class Steward:
         return True
 
     def _admissions(self, room: Room, dt: float) -> int:
+        policy = self._policy(room)
+        count = policy.admissions(dt, self._wall())
+        room.publish_policy(policy.admit_rate(), policy.noshow_ratio())
+        return count
+
+    def _policy(self, room: Room) -> Policy:
         policy = self.policies.get(room.name)
         if policy is None or policy.room is not room:
             policy = self.policies[room.name] = Policy(room, self._session_s(room))
         policy.session_s = self._session_s(room)
-        count = policy.admissions(dt, self._wall())
-        room.publish_policy(policy.admit_rate(), policy.noshow_ratio())
-        return count
+        return policy
 
     def _session_s(self, room: Room) -> float:
         minutes = room.config.session_minutes
@@ -203,12 +210,16 @@ class Steward:
             room.admit(count, wall)
         for room, reserved in reservations.items():
             room.reserved = reserved
+        self._publish_pow(self._join_rate)
+
+    def _publish_pow(self, join_rates: Mapping[str, float]) -> None:
+        """Ask for the proof of work that each room's join rate calls for."""
         for name, room in self.rooms.items():
             config = room.config
             room.pow_difficulty = auto_difficulty(
                 config.pow_difficulty,
                 config.pow_max_difficulty,
-                self._join_rate.get(name, 0.0),
+                join_rates.get(name, 0.0),
                 config.pow_spike_joins_per_s,
             )
 

@@ -39,11 +39,12 @@ import uvloop
 from wr.admin import OverridesStore, admin_token, effective_rooms
 from wr.config import Config, ConfigError, RoomConfig
 from wr.metrics import merge_snapshots
+from wr.redisbackend import make_steward
 from wr.room import CLAIM_WINDOW
 from wr.server import Worker
 from wr.shm import MAX_WORKERS, SharedBlock
 from wr.state import StateError, prepare_state_dir
-from wr.steward import STEP_INTERVAL_S, Steward
+from wr.steward import STEP_INTERVAL_S
 from wr.systemd import notify, watchdog_interval_s
 from wr.tokens import KeyRing, KeyRingError
 
@@ -104,12 +105,11 @@ class Supervisor:
                 CLAIM_WINDOW // 8, self.config.metrics.dropoff_positions
             )
             self.overrides = OverridesStore(state_dir)
-            self.steward = Steward(
+            self.steward = make_steward(
+                self.config,
                 effective_rooms(self.config, self.overrides.load()),
                 self.block,
-                state_dir,
                 time.monotonic(),
-                session_s=self.config.tokens.access_ttl_s,
             )
             self.steward.rooms_source = self._rooms
         except (StateError, KeyRingError, ValueError, OSError) as exc:
@@ -224,8 +224,9 @@ class Supervisor:
             log.error("reload failed, keeping the running config error=%s", exc)
             notify("READY=1")
             return
-        if config.server.workers != self.config.server.workers:
-            log.warning("server.workers changed; it takes effect after a restart")
+        for key in ("workers", "backend"):
+            if getattr(config.server, key) != getattr(self.config.server, key):
+                log.warning("server.%s changed; it takes effect after a restart", key)
         self.config = _keep_process_shape(self.config, config)
         for child in self._children.values():
             _signal(child.pid, signal.SIGHUP)
@@ -367,13 +368,15 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def _keep_process_shape(old: Config, new: Config) -> Config:
-    # The workers, host and port in use cannot change without a restart.
+    # The workers, host, port and backend in use cannot change without a
+    # restart.
     server = replace(
         new.server,
         workers=old.server.workers,
         host=old.server.host,
         port=old.server.port,
         state_dir=old.server.state_dir,
+        backend=old.server.backend,
     )
     return replace(new, server=server)
 
