@@ -20,12 +20,14 @@ from typing import Any
 import orjson
 
 from wr.config import Config, RoomConfig
+from wr.cors import Cors
 from wr.http import Request, Response, error_response
 from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wr.metrics import Metrics
 from wr.room import Room, next_poll_s
 from wr.static import StaticFiles
 from wr.tokens import Claims, TokenError, Tokens, new_session_id
+from wr.waitpage import WaitPage
 
 __all__ = ["ACCESS_COOKIE", "QUEUE_COOKIE", "App"]
 
@@ -86,6 +88,8 @@ class App:
         self._secure = "; Secure" if config.http.secure_cookies else ""
         self._count = config.metrics.enabled
         self._access_log = config.server.access_log
+        self._cors = Cors(config.http.cors_origins, config.http.cors_max_age_s)
+        self._wait_page = WaitPage(static)
         self._routes: dict[
             str, tuple[str, tuple[str, ...], Callable[[Request], Response]]
         ] = {
@@ -108,6 +112,7 @@ class App:
             "status": (_GET, self.status),
             "leave": (("POST",), self.leave),
             "bypass": (_GET, self.bypass),
+            "wait": (_GET, self.wait_page),
             "": (_GET, self.room_info),
         }
 
@@ -120,6 +125,8 @@ class App:
             self.metrics.observe(route, response.status, time.perf_counter() - started)
         else:
             route, response = self._dispatch(request)
+        if self._cors:
+            response.headers.extend(self._cors.headers(request, response))
         if self._access_log:
             _log_access(request, response, self._clock())
         if log.isEnabledFor(logging.DEBUG):
@@ -304,6 +311,10 @@ class App:
         return Response(
             204, headers=[_NO_STORE, ("set-cookie", expired)], content_type=None
         )
+
+    def wait_page(self, request: Request, room: Room) -> Response:
+        """The waiting page for browsers without JavaScript (``<noscript>``)."""
+        return self._wait_page.respond(self.join(request, room))
 
     def bypass(self, request: Request, room: Room) -> Response:
         """An invite link: a valid bypass token goes straight in."""
