@@ -35,6 +35,8 @@ CLOSED_REFRESH_S = 60
 DEFAULT_REFRESH_S = 10
 
 _CONFIG_FILE = "config.json"
+# API errors a join can answer that the page explains in their own words.
+_ERROR_STATES = {"queue_full": "full", "closed": "closed"}
 
 
 class Texts:
@@ -103,11 +105,10 @@ class WaitPage:
             state = str(data.get("state"))
             refresh = _refresh_s(data.get("next_poll_s"), CLOSED_REFRESH_S)
         else:
-            state = "full" if data.get("error") == "queue_full" else "error"
-            if data.get("error") == "closed":
-                state = "closed"
+            state = _ERROR_STATES.get(str(data.get("error")), "error")
             retry = next((v for k, v in answer.headers if k == "retry-after"), None)
-            refresh = _refresh_s(retry, DEFAULT_REFRESH_S)
+            slow = CLOSED_REFRESH_S if state == "closed" else DEFAULT_REFRESH_S
+            refresh = _refresh_s(retry, slow)
             headers += [(k, v) for k, v in answer.headers if k == "retry-after"]
         body = self.render(state, data, refresh)
         return Response(answer.status, body, headers, "text/html; charset=utf-8")
