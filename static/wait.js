@@ -98,7 +98,8 @@
     put("title", t("title_" + state));
     put("message", t("msg_" + state));
     $("home").hidden = state !== "closed";
-    const place = data && data.position !== undefined;
+    // Before opening, the draw decides the order: a number would mislead.
+    const place = data && data.position !== undefined && state !== "prequeue";
     $("line").hidden = !place;
     if (place) {
       put("position", number(data.position));
@@ -111,8 +112,8 @@
         const first = Math.max(saved.first || 0, data.ahead);
         $("progress").value = first ? (100 * (first - data.ahead)) / first : 100;
       }
-      put("updated", t("updated", { time: new Date().toLocaleTimeString(lang) }));
     }
+    if (data) put("updated", t("updated", { time: new Date().toLocaleTimeString(lang) }));
     countdown(state === "prequeue" ? Date.parse(data.opens_at) : NaN);
   }
 
@@ -221,9 +222,6 @@
     document.documentElement.lang = lang;
     document.title = t("page_title");
     for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
-    for (const el of document.querySelectorAll("[data-t-label]")) {
-      el.setAttribute("aria-label", t(el.dataset.tLabel));
-    }
     if (config.home_url) $("home-link").href = config.home_url;
   }
 

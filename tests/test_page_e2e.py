@@ -20,7 +20,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    Page,
+    Request,
+    ViewportSize,
+    sync_playwright,
+)
 
 from tests.serverproc import WrServer, free_port, wait_for
 from tests.test_admin_e2e import admin
@@ -272,6 +278,8 @@ def test_before_opening_a_countdown_is_shown(tmp_path: Path, page: Page) -> None
         page.locator("#title").filter(has_text="The line opens soon").wait_for()
         countdown = text(page, "#countdown")
         assert re.fullmatch(r"(01:59:[0-5]\d|02:00:00)", countdown), countdown
+        # The draw decides the order at the opening: no place is shown.
+        assert page.locator("#line").is_hidden()
         screenshot(page, "waiting-page-prequeue")
     finally:
         wr.stop()
@@ -365,3 +373,106 @@ def test_a_page_on_another_origin_works_through_cors(
         wr.stop()
         files.shutdown()
         files.server_close()
+
+
+def test_polls_that_change_nothing_announce_nothing(
+    server: WrServer, page: Page
+) -> None:
+    others_join(server, 1)
+    page.goto(server.base + "/")
+    page.locator("#position").filter(has_text="2").wait_for()
+    page.evaluate(
+        """() => {
+            window.announced = 0;
+            const seen = new MutationObserver((records) => {
+                window.announced += records.length;
+            });
+            for (const id of ["title", "message", "notice"]) {
+                seen.observe(document.getElementById(id), {
+                    childList: true, characterData: true, subtree: true,
+                });
+            }
+        }"""
+    )
+    before = text(page, "#updated")
+    advance_until(page, lambda: text(page, "#updated") != before, "a poll")
+    assert page.evaluate("window.announced") == 0
+    assert page.locator("[aria-live], [role=status]").count() == 2
+
+
+def test_reconnecting_backs_off_instead_of_hammering(
+    server: WrServer, page: Page
+) -> None:
+    page.goto(server.base + "/")
+    page.locator("#position").filter(has_text="1").wait_for()
+    failed: list[str] = []
+    pending: set[Request] = set()
+
+    # Playwright wants Python functions as handlers, not built-in methods.
+    def started(request: Request) -> None:
+        pending.add(request)
+
+    def ended(request: Request) -> None:
+        pending.discard(request)
+
+    page.on("request", started)
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.on("requestfailed", ended)
+    page.on("requestfinished", ended)
+    assert server.stop() == 0
+
+    def idle() -> bool:
+        # Playwright hands over events only while the test calls into it.
+        page.evaluate("0")
+        return not pending
+
+    # Two fake minutes in 5 s jumps, each once the last try has failed: a
+    # fixed 1 s retry would try at every jump (24 times); doubling from 1 s
+    # up to 60 s tries 6 to 9 times.
+    for _ in range(24):
+        wait_for(idle, UI_TIMEOUT_S, "the last try to fail")
+        page.clock.fast_forward(5_000)
+    wait_for(idle, UI_TIMEOUT_S, "the last try to fail")
+    assert 4 <= len(failed) <= 10, failed
+    assert all("/status" in url for url in failed)
+    assert text(page, "#position") == "1"
+
+
+def test_focus_is_visible(tmp_path: Path, page: Page) -> None:
+    wr = start(tmp_path, CONFIG + "closed = true\n")
+    try:
+        page.goto(wr.base + "/")
+        page.locator("#home-link").wait_for()
+        page.keyboard.press("Tab")
+        focused = page.evaluate("document.activeElement.id")
+        assert focused == "home-link"
+        outline = page.evaluate(
+            "(() => { const s = getComputedStyle(document.activeElement);"
+            " return [s.outlineStyle, s.outlineWidth]; })()"
+        )
+        assert outline == ["solid", "3px"]
+        screenshot(page, "waiting-page-closed")
+    finally:
+        wr.stop()
+
+
+def test_reduced_motion_and_dark_mode_are_respected(
+    server: WrServer, page: Page
+) -> None:
+    page.goto(server.base + "/")
+    page.locator("#position").filter(has_text="1").wait_for()
+
+    def look() -> list[str]:
+        looks: list[str] = page.evaluate(
+            "[getComputedStyle(document.getElementById('updated'), '::before')"
+            ".animationName, getComputedStyle(document.body).backgroundColor]"
+        )
+        return looks
+
+    moving, light = look()
+    assert moving == "wr-pulse"
+    page.emulate_media(reduced_motion="reduce", color_scheme="dark")
+    still, dark = look()
+    assert still == "none"
+    assert dark != light
+    assert dark == "rgb(15, 18, 22)"

@@ -217,6 +217,17 @@ def test_a_full_line_says_so_and_refreshes_at_retry_after(world: World) -> None:
     assert page.refresh == retry
 
 
+def test_before_opening_no_place_is_shown(texts: Texts) -> None:
+    page = WaitPage(StaticFiles.load(STATIC))
+    data = {"state": "prequeue", "position": 4, "next_poll_s": 30.0}
+    answer = Response(200, orjson.dumps(data))
+    rendered = _Page()
+    rendered.feed(page.respond(answer).body.decode())
+    assert texts.get("title_prequeue") in rendered.words
+    assert texts.get("position") not in rendered.words
+    assert rendered.refresh == "30"
+
+
 def test_an_unknown_room_is_a_json_404(world: World) -> None:
     response = world.request("GET", "/api/v1/rooms/nope/wait")
     assert response.status == 404

@@ -117,7 +117,8 @@ class WaitPage:
         t = self.texts
         title = t.get(f"title_{state}")
         figures = ""
-        if "position" in data:
+        # Before opening, the draw decides the order: a number would mislead.
+        if "position" in data and state != "prequeue":
             eta = (
                 t.get("eta_paused")
                 if state == "paused"
@@ -127,7 +128,8 @@ class WaitPage:
             if "ahead" in data:
                 rows += [("ahead", data["ahead"]), ("eta", eta)]
             figures = '<dl class="figures">' + "".join(
-                f"<div><dt>{_e(t.get(label))}</dt><dd>{_e(value)}</dd></div>"
+                f'<div class="figure{" main" if label == "position" else ""}">'
+                f"<dt>{_e(t.get(label))}</dt><dd>{_e(value)}</dd></div>"
                 for label, value in rows
             )
             figures += "</dl>"
@@ -140,8 +142,8 @@ class WaitPage:
             f'<meta http-equiv="refresh" content="{refresh_s}">'
             f"<title>{_e(t.get('page_title'))}</title>{links}</head>"
             f'<body class="state-{_e(state)}"><main>'
-            f'<div class="brand"><span class="logo" role="img" '
-            f'aria-label="{_e(t.get("brand"))}"></span></div>'
+            '<div class="brand"><span class="logo" aria-hidden="true"></span>'
+            f"<span>{_e(t.get('brand'))}</span></div>"
             f'<h1>{_e(title)}</h1><p class="message">{_e(t.get(f"msg_{state}"))}</p>'
             f"{figures}"
             f'<p class="meta">{_e(t.get("noscript_note", n=refresh_s))} '
