@@ -36,7 +36,7 @@
   let clock = 0;
 
   function t(name, values) {
-    let words = Object.hasOwn(text, name) ? String(text[name]) : name;
+    let words = Object.prototype.hasOwnProperty.call(text, name) ? String(text[name]) : name;
     for (const [key, value] of Object.entries(values || {})) {
       words = words.split("{" + key + "}").join(value);
     }
