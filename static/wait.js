@@ -8,8 +8,9 @@
   // factor in [0.5, 1), so a crowd cut off together does not return together.
   const BACKOFF_FIRST_S = 1;
   const BACKOFF_MAX_S = 60;
-  // A closed room may reopen; asking once a minute is enough to notice.
-  const CLOSED_POLL_S = 60;
+  // When the server names no interval (a closed room, which may reopen):
+  // asking once a minute is enough to notice.
+  const SLOW_POLL_S = 60;
   // When a scheduled opening arrives, everyone asks within this many
   // seconds, spread at random rather than at the same instant.
   const OPENING_SPREAD_S = 5;
@@ -34,6 +35,7 @@
   let failures = 0;
   let timer = 0;
   let clock = 0;
+  let openingPolled = false;
 
   function t(name, values) {
     let words = Object.prototype.hasOwnProperty.call(text, name) ? String(text[name]) : name;
@@ -129,7 +131,10 @@
       put("countdown", (days ? t("days", { n: days }) + " " : "") + hms.map(pad).join(":"));
       if (left === 0) {
         clearInterval(clock);
-        schedule(Math.random() * OPENING_SPREAD_S, poll);
+        // Once: a visitor's clock running ahead of the server's must not
+        // turn into a poll every few seconds; next_poll_s rules after that.
+        if (!openingPolled) schedule(Math.random() * OPENING_SPREAD_S, poll);
+        openingPolled = true;
       }
     };
     tick();
@@ -153,11 +158,12 @@
     store();
     if (data.state === "admitted") {
       show("admitted");
-      location.replace(data.redirect);
+      // A target given as a path lives with the API, not with the page.
+      location.replace(new URL(data.redirect, api ? api + "/" : location.href).href);
       return;
     }
     show(data.state, data);
-    schedule(data.state === "closed" ? CLOSED_POLL_S : data.next_poll_s, poll);
+    schedule(data.next_poll_s > 0 ? data.next_poll_s : SLOW_POLL_S, poll);
   }
 
   async function request(method, action) {
@@ -188,7 +194,7 @@
       schedule(Math.max(retryAfter, backoff()), join);
     } else if (data.error === "closed") {
       show("closed");
-      schedule(CLOSED_POLL_S, join);
+      schedule(SLOW_POLL_S, join);
     } else if (answer.status >= 500 || answer.status === 429) {
       reconnecting(Math.max(retryAfter, backoff()));
     } else {

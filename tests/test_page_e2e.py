@@ -369,6 +369,12 @@ def test_a_page_on_another_origin_works_through_cors(
         page.reload()
         page.locator("#title").filter(has_text="You are in line").wait_for()
         assert text(page, "#position") == "3"
+
+        # The target is a path: it is wr's, not the page host's.
+        admin_patch(wr, rate_per_minute=60_000)
+        advance_until(
+            page, lambda: page.url.startswith(wr.base + "/"), "the redirect to wr"
+        )
     finally:
         wr.stop()
         files.shutdown()
@@ -476,3 +482,18 @@ def test_reduced_motion_and_dark_mode_are_respected(
     assert still == "none"
     assert dark != light
     assert dark == "rgb(15, 18, 22)"
+
+
+def test_the_server_hands_out_fingerprinted_compressed_assets(
+    server: WrServer,
+) -> None:
+    page = httpx.get(server.base + "/", headers={"accept-encoding": "br"})
+    assert page.headers["content-encoding"] == "br"
+    assert page.headers["vary"] == "accept-encoding"
+    links = re.findall(r"/static/[a-z]+\.[0-9a-f]{10}\.(?:css|js)", page.text)
+    assert len(links) == 3, page.text
+    for link in links:
+        asset = httpx.get(server.base + link, headers={"accept-encoding": "gzip"})
+        assert asset.status_code == 200
+        assert asset.headers["content-encoding"] == "gzip"
+        assert asset.headers["cache-control"].endswith("immutable")
