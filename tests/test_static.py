@@ -14,6 +14,7 @@ import pytest
 from wr.http import Request, Response
 from wr.static import (
     FINGERPRINT_MAX_AGE_S,
+    MAX_COMPRESSED_BYTES,
     StaticFiles,
     choose_encoding,
     default_compressors,
@@ -198,6 +199,16 @@ def test_files_that_do_not_shrink_are_not_compressed(files: StaticFiles) -> None
     tiny = get(files, "config.json", {b"accept-encoding": b"br, gzip"})
     assert header(tiny, "content-encoding") is None
     assert tiny.body == b'{"text": {}}'
+
+
+def test_files_too_large_to_compress_quickly_are_served_as_they_are(
+    site: Path,
+) -> None:
+    (site / "big.txt").write_bytes(b"a" * (MAX_COMPRESSED_BYTES + 1))
+    files = StaticFiles.load(site)
+    response = get(files, "big.txt", {b"accept-encoding": b"br, gzip"})
+    assert header(response, "content-encoding") is None
+    assert len(response.body) == MAX_COMPRESSED_BYTES + 1
 
 
 def test_gzip_output_is_reproducible() -> None:

@@ -20,6 +20,7 @@ current one gets a 304.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib
@@ -33,6 +34,7 @@ from wr.http import Request, Response
 
 __all__ = [
     "FINGERPRINT_MAX_AGE_S",
+    "MAX_COMPRESSED_BYTES",
     "MAX_STATIC_BYTES",
     "StaticFile",
     "StaticFiles",
@@ -53,6 +55,11 @@ MAX_STATIC_BYTES = 16 * 1024 * 1024
 HTML_MAX_AGE_S = 60
 ASSET_MAX_AGE_S = 3600
 FINGERPRINT_MAX_AGE_S = 365 * 24 * 3600
+
+# Brotli at its best quality takes about a second per MiB, paid by every
+# worker at start; a larger file (a video dropped into static/) is served
+# as it is rather than delay start-up.
+MAX_COMPRESSED_BYTES = 1024 * 1024
 
 # Hex digits of SHA-256 in a fingerprinted name: 40 bits make a collision
 # between two versions of one file practically impossible.
@@ -147,11 +154,13 @@ class StaticFiles:
             if _keeps_name(name):
                 files[name] = _static_file(name, body, HTML_MAX_AGE_S, compressors)
                 continue
-            files[name] = _static_file(name, body, ASSET_MAX_AGE_S, compressors)
+            file = _static_file(name, body, ASSET_MAX_AGE_S, compressors)
+            files[name] = file
             aliased = _fingerprinted(name, body)
             fingerprints[name] = aliased
-            files[aliased] = _static_file(
-                name, body, FINGERPRINT_MAX_AGE_S, compressors, immutable=True
+            files[aliased] = dataclasses.replace(
+                file,
+                cache_control=f"public, max-age={FINGERPRINT_MAX_AGE_S}, immutable",
             )
         return cls(files, fingerprints)
 
@@ -264,15 +273,12 @@ def _fingerprinted(name: str, body: bytes) -> str:
 
 
 def _static_file(
-    name: str,
-    body: bytes,
-    max_age: int,
-    compressors: dict[str, Compressor],
-    *,
-    immutable: bool = False,
+    name: str, body: bytes, max_age: int, compressors: dict[str, Compressor]
 ) -> StaticFile:
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    compressible = content_type.startswith(_COMPRESSIBLE)
+    compressible = (
+        content_type.startswith(_COMPRESSIBLE) and len(body) <= MAX_COMPRESSED_BYTES
+    )
     if content_type.startswith("text/") or content_type in (
         "application/javascript",
         "application/json",
@@ -285,14 +291,11 @@ def _static_file(
             packed = compress(body)
             if len(packed) < len(body):
                 encoded[coding] = Encoded(packed, f'"{digest}-{coding}"')
-    cache_control = f"public, max-age={max_age}"
-    if immutable:
-        cache_control += ", immutable"
     return StaticFile(
         body=body,
         content_type=content_type,
         etag=f'"{digest}"',
-        cache_control=cache_control,
+        cache_control=f"public, max-age={max_age}",
         encoded=encoded,
     )
 
