@@ -147,10 +147,15 @@
     schedule(seconds, saved.token ? poll : join);
   }
 
-  function handle(data) {
-    failures = 0;
+  // The server answered: whatever it said, the connection is back.
+  function connected() {
     put("notice", "");
     page.classList.remove("reconnecting");
+  }
+
+  function handle(data) {
+    failures = 0;
+    connected();
     if (data.queue_token) saved.token = data.queue_token;
     if (data.ahead !== undefined && !(saved.first >= data.ahead)) {
       saved.first = data.ahead;
@@ -174,7 +179,7 @@
     try {
       const url = api + "/api/v1/rooms/" + encodeURIComponent(room) + "/" + action;
       answer = await fetch(url, { method, headers, credentials: "include", cache: "no-store" });
-      data = await answer.json();
+      data = (await answer.json()) || {};
     } catch (e) {
       reconnecting(backoff());
       return;
@@ -184,6 +189,8 @@
       return;
     }
     const retryAfter = Number(answer.headers.get("retry-after")) || 0;
+    const down = answer.status >= 500 || answer.status === 429;
+    if (!down || data.error === "queue_full") connected();
     if (answer.status === 401 && saved.token) {
       // The token expired or the keys changed: the place is gone, take a new one.
       saved = {};
@@ -195,7 +202,7 @@
     } else if (data.error === "closed") {
       show("closed");
       schedule(SLOW_POLL_S, join);
-    } else if (answer.status >= 500 || answer.status === 429) {
+    } else if (down) {
       reconnecting(Math.max(retryAfter, backoff()));
     } else {
       show("error");
@@ -204,7 +211,12 @@
   }
 
   async function join() {
-    for (const step of beforeJoin) await step();
+    try {
+      for (const step of beforeJoin) await step();
+    } catch (e) {
+      reconnecting(backoff());
+      return;
+    }
     await request("POST", "join");
   }
 

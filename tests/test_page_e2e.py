@@ -497,3 +497,32 @@ def test_the_server_hands_out_fingerprinted_compressed_assets(
         assert asset.status_code == 200
         assert asset.headers["content-encoding"] == "gzip"
         assert asset.headers["cache-control"].endswith("immutable")
+
+
+def test_a_full_line_is_tried_again_until_there_is_room(
+    tmp_path: Path, page: Page
+) -> None:
+    wr = start(tmp_path, CONFIG + "max_queue = 1\n")
+    try:
+        others_join(wr, 1)
+        page.goto(wr.base + "/")
+        page.locator("#title").filter(has_text="The line is full").wait_for()
+        assert page.locator("#notice").inner_text() == ""
+
+        admin_patch(wr, max_queue=10)
+        advance_until(page, lambda: shows(page, "#position", "2"), "a place")
+        assert text(page, "#title") == "You are in line"
+    finally:
+        wr.stop()
+
+
+def test_a_token_that_no_longer_verifies_earns_a_new_place(
+    server: WrServer, page: Page
+) -> None:
+    page.goto(server.base + "/")
+    page.locator("#position").filter(has_text="1").wait_for()
+    page.evaluate("localStorage.setItem('wr::default', '{\"token\": \"x.y.z\"}')")
+    page.context.clear_cookies()
+    page.reload()
+    page.locator("#position").filter(has_text="2").wait_for()
+    assert stored_token(page) != "x.y.z"
