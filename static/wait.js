@@ -38,7 +38,8 @@
   let openingPolled = false;
 
   function t(name, values) {
-    let words = Object.prototype.hasOwnProperty.call(text, name) ? String(text[name]) : name;
+    const known = Object.prototype.hasOwnProperty.call(text, name);
+    let words = known ? String(text[name]) : name;
     for (const [key, value] of Object.entries(values || {})) {
       words = words.split("{" + key + "}").join(value);
     }
@@ -115,7 +116,9 @@
         $("progress").value = first ? (100 * (first - data.ahead)) / first : 100;
       }
     }
-    if (data) put("updated", t("updated", { time: new Date().toLocaleTimeString(lang) }));
+    if (data) {
+      put("updated", t("updated", { time: new Date().toLocaleTimeString(lang) }));
+    }
     countdown(state === "prequeue" ? Date.parse(data.opens_at) : NaN);
   }
 
@@ -128,7 +131,8 @@
       const left = Math.max(0, Math.ceil((opensAt - Date.now()) / 1000));
       const days = Math.floor(left / 86400);
       const hms = [Math.floor(left / 3600) % 24, Math.floor(left / 60) % 60, left % 60];
-      put("countdown", (days ? t("days", { n: days }) + " " : "") + hms.map(pad).join(":"));
+      const prefix = days ? t("days", { n: days }) + " " : "";
+      put("countdown", prefix + hms.map(pad).join(":"));
       if (left === 0) {
         clearInterval(clock);
         // Once: a visitor's clock running ahead of the server's must not
@@ -164,7 +168,8 @@
     if (data.state === "admitted") {
       show("admitted");
       // A target given as a path lives with the API, not with the page.
-      location.replace(new URL(data.redirect, api ? api + "/" : location.href).href);
+      const base = api ? api + "/" : location.href;
+      location.replace(new URL(data.redirect, base).href);
       return;
     }
     show(data.state, data);
@@ -178,7 +183,8 @@
     let data;
     try {
       const url = api + "/api/v1/rooms/" + encodeURIComponent(room) + "/" + action;
-      answer = await fetch(url, { method, headers, credentials: "include", cache: "no-store" });
+      const options = { method, headers, credentials: "include", cache: "no-store" };
+      answer = await fetch(url, options);
       data = (await answer.json()) || {};
     } catch (e) {
       reconnecting(backoff());
@@ -239,7 +245,9 @@
     storageKey = "wr:" + api + ":" + room;
     document.documentElement.lang = lang;
     document.title = t("page_title");
-    for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+    for (const el of document.querySelectorAll("[data-t]")) {
+      el.textContent = t(el.dataset.t);
+    }
     if (config.home_url) $("home-link").href = config.home_url;
   }
 
