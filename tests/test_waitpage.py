@@ -201,6 +201,8 @@ def test_a_closed_room_says_so_and_checks_back_slowly(world: World) -> None:
     response = world.request("GET", WAIT)
     assert response.status == 410
     page = parse(response)
+    # The same state attribute as the script's page, so the same colours.
+    assert b'<main data-state="closed">' in response.body
     assert "This sale has ended" in page.words
     assert page.refresh == str(CLOSED_REFRESH_S)
 

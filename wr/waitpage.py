@@ -141,7 +141,7 @@ class WaitPage:
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta http-equiv="refresh" content="{refresh_s}">'
             f"<title>{_e(t.get('page_title'))}</title>{links}</head>"
-            f'<body class="state-{_e(state)}"><main>'
+            f'<body><main data-state="{_e(state)}">'
             '<div class="brand"><span class="logo" aria-hidden="true"></span>'
             f"<span>{_e(t.get('brand'))}</span></div>"
             f'<h1>{_e(title)}</h1><p class="message">{_e(t.get(f"msg_{state}"))}</p>'
