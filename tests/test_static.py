@@ -240,7 +240,7 @@ def test_the_page_fits_the_size_budget() -> None:
 
 def test_every_reference_of_the_real_page_resolves() -> None:
     files = StaticFiles.load(STATIC)
-    for name in ("index.html", files.fingerprints["theme.css"]):
+    for name in ("index.html", "inside.html", files.fingerprints["theme.css"]):
         text = files.files[name].body.decode()
         for reference in re.findall(r"/static/([A-Za-z0-9_./-]+)", text):
             assert reference in files.files, f"{name} names missing {reference}"
