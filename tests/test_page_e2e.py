@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -76,12 +77,21 @@ def start(tmp_path: Path, config: str = CONFIG) -> WrServer:
     return WrServer(tmp_path, config).start()
 
 
+@contextmanager
+def running(tmp_path: Path, room_settings: str = "") -> Iterator[WrServer]:
+    """A wr whose room has ``room_settings`` (TOML lines) on top of CONFIG."""
+    wr = start(tmp_path, CONFIG + room_settings)
+    try:
+        yield wr
+    finally:
+        if wr.proc is not None and wr.proc.poll() is None:
+            wr.stop()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[WrServer]:
-    wr = start(tmp_path)
-    yield wr
-    if wr.proc is not None and wr.proc.poll() is None:
-        wr.stop()
+    with running(tmp_path) as wr:
+        yield wr
 
 
 @pytest.fixture
@@ -272,8 +282,7 @@ def test_an_outage_shows_reconnecting_and_recovers(
 
 def test_before_opening_a_countdown_is_shown(tmp_path: Path, page: Page) -> None:
     opens = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 7200))
-    wr = start(tmp_path, CONFIG + f'opens_at = "{opens}"\n')
-    try:
+    with running(tmp_path, f'opens_at = "{opens}"\n') as wr:
         page.goto(wr.base + "/")
         page.locator("#title").filter(has_text="The line opens soon").wait_for()
         countdown = text(page, "#countdown")
@@ -281,8 +290,6 @@ def test_before_opening_a_countdown_is_shown(tmp_path: Path, page: Page) -> None
         # The draw decides the order at the opening: no place is shown.
         assert page.locator("#line").is_hidden()
         screenshot(page, "waiting-page-prequeue")
-    finally:
-        wr.stop()
 
 
 @pytest.mark.parametrize(
@@ -292,15 +299,12 @@ def test_before_opening_a_countdown_is_shown(tmp_path: Path, page: Page) -> None
 def test_closed_and_full_rooms_say_so(
     tmp_path: Path, page: Page, setting: str, title: str
 ) -> None:
-    wr = start(tmp_path, CONFIG + setting + "\n")
-    try:
+    with running(tmp_path, setting + "\n") as wr:
         if setting.startswith("max_queue"):
             others_join(wr, 1)
         page.goto(wr.base + "/")
         page.locator("#title").filter(has_text=title).wait_for()
         assert page.locator("#line").is_hidden()
-    finally:
-        wr.stop()
 
 
 def test_without_javascript_the_server_page_keeps_the_place(
@@ -445,8 +449,7 @@ def test_reconnecting_backs_off_instead_of_hammering(
 
 
 def test_focus_is_visible(tmp_path: Path, page: Page) -> None:
-    wr = start(tmp_path, CONFIG + "closed = true\n")
-    try:
+    with running(tmp_path, "closed = true\n") as wr:
         page.goto(wr.base + "/")
         page.locator("#home-link").wait_for()
         page.keyboard.press("Tab")
@@ -458,8 +461,6 @@ def test_focus_is_visible(tmp_path: Path, page: Page) -> None:
         )
         assert outline == ["solid", "3px"]
         screenshot(page, "waiting-page-closed")
-    finally:
-        wr.stop()
 
 
 def test_reduced_motion_and_dark_mode_are_respected(
@@ -502,8 +503,7 @@ def test_the_server_hands_out_fingerprinted_compressed_assets(
 def test_a_full_line_is_tried_again_until_there_is_room(
     tmp_path: Path, page: Page
 ) -> None:
-    wr = start(tmp_path, CONFIG + "max_queue = 1\n")
-    try:
+    with running(tmp_path, "max_queue = 1\n") as wr:
         others_join(wr, 1)
         page.goto(wr.base + "/")
         page.locator("#title").filter(has_text="The line is full").wait_for()
@@ -512,8 +512,6 @@ def test_a_full_line_is_tried_again_until_there_is_room(
         admin_patch(wr, max_queue=10)
         advance_until(page, lambda: shows(page, "#position", "2"), "a place")
         assert text(page, "#title") == "You are in line"
-    finally:
-        wr.stop()
 
 
 def test_a_token_that_no_longer_verifies_earns_a_new_place(
