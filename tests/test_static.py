@@ -11,6 +11,7 @@ from types import ModuleType
 import brotli
 import pytest
 
+from wr import static as static_module
 from wr.http import Request, Response
 from wr.static import (
     FINGERPRINT_MAX_AGE_S,
@@ -19,6 +20,8 @@ from wr.static import (
     choose_encoding,
     default_compressors,
     gzip_compress,
+    static_root,
+    warm_static,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,3 +256,46 @@ def test_the_real_page_is_served_compressed() -> None:
     for name in ("index.html", "wait.js", "wait.css", "theme.css", "config.json"):
         response = get(files, name, {b"accept-encoding": b"br"})
         assert header(response, "content-encoding") == "br", name
+
+
+def test_a_load_reuses_the_copies_the_last_load_made(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compressed: list[bytes] = []
+
+    def counting(body: bytes) -> bytes:
+        compressed.append(body)
+        return gzip_compress(body)
+
+    monkeypatch.setattr(
+        static_module, "default_compressors", lambda: {"gzip": counting}
+    )
+    first = StaticFiles.load(site)
+    assert compressed
+    compressed.clear()
+
+    again = StaticFiles.load(site)
+    assert compressed == []
+    name = "app.js"
+    assert again.files[name].encoded == first.files[name].encoded
+
+    (site / "app.js").write_text("// changed\n" * 40)
+    changed = StaticFiles.load(site)
+    # The new script, and the page whose link to it changed with it.
+    assert compressed == [b"// changed\n" * 40, changed.files["index.html"].body]
+    # Only what the latest load used is kept.
+    latest = StaticFiles.load(site)
+    kept = {
+        (coding, copy.etag.strip('"').rsplit("-", 1)[0])
+        for file in latest.files.values()
+        for coding, copy in file.encoded.items()
+    }
+    # Copies that did not shrink stay remembered too, so none is redone.
+    assert kept <= set(static_module._MEMO)
+    assert len(static_module._MEMO) <= len(list(site.iterdir()))
+
+
+def test_warming_a_missing_folder_is_quietly_nothing(tmp_path: Path) -> None:
+    warm_static(str(tmp_path / "nowhere"))
+    assert static_root("") == ROOT / "static"
+    assert static_root(str(tmp_path)) == tmp_path

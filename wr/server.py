@@ -20,7 +20,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from wr.admin import AdminApp, OverridesStore, admin_token, effective_rooms
 from wr.api import App
@@ -30,7 +29,7 @@ from wr.metrics import PUBLISH_INTERVAL_S, Metrics
 from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import StateError
-from wr.static import StaticFiles, default_static_dir
+from wr.static import StaticFiles, static_root
 from wr.steward import STEP_INTERVAL_S, Steward
 from wr.systemd import notify, watchdog_interval_s
 from wr.tokens import KeyRing, KeyRingError, Tokens
@@ -130,13 +129,12 @@ class Worker:
         return Tokens(KeyRing.load(config.state_dir), config.tokens)
 
     def _app(self, config: Config, tokens: Tokens) -> App:
-        static_dir = Path(config.server.static_dir or default_static_dir())
         return App(
             config,
             self.rooms,
             tokens,
             self.metrics,
-            StaticFiles.load(static_dir),
+            StaticFiles.load(static_root(config.server.static_dir)),
             ready=lambda: self.ready,
         )
 

@@ -20,6 +20,7 @@ current one gets a 304.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -43,6 +44,8 @@ __all__ = [
     "default_compressors",
     "default_static_dir",
     "gzip_compress",
+    "static_root",
+    "warm_static",
 ]
 
 # The page and its assets are a few tens of KiB; a static dir much larger
@@ -77,6 +80,13 @@ _PREFERENCE = ("br", "gzip")
 
 Compressor = Callable[[bytes], bytes]
 
+# Compressed copies by (coding, digest of the file), as the last load with
+# the default compressors made them. The supervisor loads static/ once
+# before it forks, so every worker starts (and restarts) with them instead
+# of paying for Brotli's best quality; a reload recompresses changed files
+# only. Each load keeps just what it used, so this holds one static/ at most.
+_MEMO: dict[tuple[str, str], bytes] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
@@ -97,6 +107,19 @@ class StaticFile:
 def default_static_dir() -> Path:
     """``static/`` beside the ``wr`` package, as in a source checkout."""
     return Path(__file__).resolve().parent.parent / "static"
+
+
+def static_root(configured: str) -> Path:
+    """The folder ``server.static_dir`` names; empty: static/ beside wr."""
+    return Path(configured) if configured else default_static_dir()
+
+
+def warm_static(configured: str) -> None:
+    """Load static/ once, so that processes forked next inherit its copies."""
+    # A broken static dir is reported by the workers, which cannot do
+    # without it; here it only means there is nothing to share.
+    with contextlib.suppress(OSError, ValueError):
+        StaticFiles.load(static_root(configured))
 
 
 def brotli_compressor() -> Compressor | None:
@@ -139,8 +162,10 @@ class StaticFiles:
         cls, root: Path, *, compressors: dict[str, Compressor] | None = None
     ) -> StaticFiles:
         """Read ``root``; ``compressors`` defaults to :func:`default_compressors`."""
+        memo: dict[tuple[str, str], bytes] | None = None
         if compressors is None:
             compressors = default_compressors()
+            memo = {}
         sources = _read_tree(root)
 
         # Assets first, so that the CSS and HTML naming them can be rewritten;
@@ -152,9 +177,11 @@ class StaticFiles:
             if name.endswith(_REWRITTEN):
                 body = _rewrite(body, fingerprints)
             if _keeps_name(name):
-                files[name] = _static_file(name, body, HTML_MAX_AGE_S, compressors)
+                files[name] = _static_file(
+                    name, body, HTML_MAX_AGE_S, compressors, memo
+                )
                 continue
-            file = _static_file(name, body, ASSET_MAX_AGE_S, compressors)
+            file = _static_file(name, body, ASSET_MAX_AGE_S, compressors, memo)
             files[name] = file
             aliased = _fingerprinted(name, body)
             fingerprints[name] = aliased
@@ -162,6 +189,9 @@ class StaticFiles:
                 file,
                 cache_control=f"public, max-age={FINGERPRINT_MAX_AGE_S}, immutable",
             )
+        if memo is not None:
+            _MEMO.clear()
+            _MEMO.update(memo)
         return cls(files, fingerprints)
 
     def get(self, name: str) -> StaticFile | None:
@@ -273,7 +303,11 @@ def _fingerprinted(name: str, body: bytes) -> str:
 
 
 def _static_file(
-    name: str, body: bytes, max_age: int, compressors: dict[str, Compressor]
+    name: str,
+    body: bytes,
+    max_age: int,
+    compressors: dict[str, Compressor],
+    memo: dict[tuple[str, str], bytes] | None,
 ) -> StaticFile:
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     compressible = (
@@ -288,7 +322,7 @@ def _static_file(
     encoded: dict[str, Encoded] = {}
     if compressible:
         for coding, compress in compressors.items():
-            packed = compress(body)
+            packed = _compress(coding, compress, body, digest, memo)
             if len(packed) < len(body):
                 encoded[coding] = Encoded(packed, f'"{digest}-{coding}"')
     return StaticFile(
@@ -298,6 +332,23 @@ def _static_file(
         cache_control=f"public, max-age={max_age}",
         encoded=encoded,
     )
+
+
+def _compress(
+    coding: str,
+    compress: Compressor,
+    body: bytes,
+    digest: str,
+    memo: dict[tuple[str, str], bytes] | None,
+) -> bytes:
+    if memo is None:
+        return compress(body)
+    key = (coding, digest)
+    packed = _MEMO.get(key)
+    if packed is None:
+        packed = compress(body)
+    memo[key] = packed
+    return packed
 
 
 def _matches(if_none_match: bytes | None, etag: str) -> bool:
