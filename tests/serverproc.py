@@ -85,8 +85,12 @@ class WrServer:
         ``/healthz`` answering only proves one of them does; connections
         made before the others listen all land on that one.
         """
+        # The supervisor's "listening" line, not its "starting" one.
+        pattern = re.compile(
+            rf"wr\.supervisor INFO listening url=\S+ workers={workers}$", re.M
+        )
         wait_for(
-            lambda: f"workers={workers}" in self.log.read_text(),
+            lambda: pattern.search(self.log.read_text()),
             timeout_s,
             f"{workers} workers listening",
         )

@@ -36,7 +36,7 @@ class Clock:
 class World:
     """An App with two rooms, a fixed clock and mid-range poll jitter."""
 
-    def __init__(self, static_dir: Path) -> None:
+    def __init__(self, static_dir: Path, http: HttpConfig | None = None) -> None:
         rooms = {
             "default": RoomConfig(name="default", rate_per_minute=60),
             "other": RoomConfig(
@@ -45,7 +45,7 @@ class World:
         }
         self.config = Config(
             server=ServerConfig(),
-            http=HttpConfig(),
+            http=http or HttpConfig(),
             tokens=TokensConfig(queue_ttl_s=600, access_ttl_s=300),
             admin=AdminConfig(),
             rooms=rooms,

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from wr.config import Config, RoomConfig
+from wr.cors import Cors
 from wr.http import Request, Response, error_response
 from wr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wr.metrics import Metrics
@@ -30,6 +31,7 @@ from wr.returnurl import MAX_RETURN_BYTES, safe_return
 from wr.room import Room, next_poll_s
 from wr.static import StaticFiles
 from wr.tokens import Claims, TokenError, Tokens, new_session_id
+from wr.waitpage import WaitPage
 
 __all__ = ["ACCESS_COOKIE", "QUEUE_COOKIE", "App"]
 
@@ -103,6 +105,8 @@ class App:
         self._secure = "; Secure" if config.http.secure_cookies else ""
         self._count = config.metrics.enabled
         self._access_log = config.server.access_log
+        self._cors = Cors(config.http.cors_origins, config.http.cors_max_age_s)
+        self._wait_page = WaitPage(static)
         self._routes: dict[
             str, tuple[str, tuple[str, ...], Callable[[Request], Response]]
         ] = {
@@ -127,6 +131,7 @@ class App:
             "leave": (("POST",), self.leave),
             "bypass": (_GET, self.bypass),
             "challenge": (_GET, self.challenge),
+            "wait": (_GET, self.wait_page),
             "": (_GET, self.room_info),
         }
 
@@ -139,6 +144,8 @@ class App:
             self.metrics.observe(route, response.status, time.perf_counter() - started)
         else:
             route, response = self._dispatch(request)
+        if self._cors:
+            response.headers.extend(self._cors.headers(request, response))
         if self._access_log:
             _log_access(request, response, self._clock())
         if log.isEnabledFor(logging.DEBUG):
@@ -422,6 +429,10 @@ class App:
         return Response(
             204, headers=[_NO_STORE, ("set-cookie", expired)], content_type=None
         )
+
+    def wait_page(self, request: Request, room: Room) -> Response:
+        """The waiting page for browsers without JavaScript (``<noscript>``)."""
+        return self._wait_page.respond(self.join(request, room))
 
     def bypass(self, request: Request, room: Room) -> Response:
         """An invite link: a valid bypass token goes straight in."""

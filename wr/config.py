@@ -68,9 +68,15 @@ MAX_DROPOFF_POSITIONS = 1 << 26
 MAX_POW_DIFFICULTY = 32
 
 ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-# An http(s) origin, optionally with a trailing slash: letters, digits, dots
-# and dashes for the host (IDNs in their xn-- form), an optional port.
-ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
+# A further target for return= URLs: an http(s) origin, optionally with a
+# trailing slash: letters, digits, dots and dashes for the host (IDNs in
+# their xn-- form), an optional port.
+TARGET_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
+# A serialized origin as browsers send it (RFC 6454 section 6.2), in lower
+# case: what a CORS Origin header holds.
+CORS_ORIGIN = re.compile(
+    r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 class ConfigError(Exception):
@@ -227,6 +233,12 @@ class HttpConfig:
     write_timeout_s: float = 30.0
     # Cookies carry the Secure attribute (set when served over HTTPS).
     secure_cookies: bool = False
+    # Origins (scheme://host[:port]) whose pages may call the API, such as
+    # the CDN that hosts the waiting page; no others get CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    # How long a browser may reuse a CORS preflight answer: saves one OPTIONS
+    # per poll; Chromium caps it at 7,200 s anyway.
+    cors_max_age_s: int = 600
 
     def check(self, key: str) -> None:
         for name in (
@@ -236,10 +248,18 @@ class HttpConfig:
             "max_body_bytes",
             "max_connections",
             "write_buffer_bytes",
+            "cors_max_age_s",
         ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         for name in ("header_timeout_s", "keepalive_timeout_s", "write_timeout_s"):
             _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        for index, origin in enumerate(self.cors_origins):
+            _require(
+                CORS_ORIGIN.fullmatch(origin) is not None,
+                f"{key}.cors_origins[{index}]",
+                f"must be an origin like 'https://cdn.example.com' (scheme, host,"
+                f" optional port; no path), got {origin!r}",
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -350,7 +370,7 @@ class RoomConfig:
         )
         for index, origin in enumerate(self.allowed_targets):
             _require(
-                ORIGIN.fullmatch(origin) is not None,
+                TARGET_ORIGIN.fullmatch(origin) is not None,
                 f"{key}.allowed_targets[{index}]",
                 f"must be an origin like https://host[:port], got {origin[:100]!r}",
             )
@@ -586,11 +606,14 @@ def _section(cls: type[Any], table: Any, key: str) -> Any:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type; ints are accepted as floats."""
     if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list | tuple) or not all(
-            isinstance(item, str) for item in value
-        ):
-            raise ConfigError(key, f"must be a list of strings, got {value!r}")
-        return tuple(value)
+        # TOML arrays become tuples, so that the frozen config stays hashable.
+        (item,) = (arg for arg in typing.get_args(hint) if arg is not Ellipsis)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        return tuple(
+            _coerce(f"{key}[{index}]", element, item)
+            for index, element in enumerate(value)
+        )
     allowed = typing.get_args(hint) if typing.get_origin(hint) else (hint,)
     if value is None and type(None) in allowed:
         return None

@@ -21,7 +21,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from wr.admin import AdminApp, OverridesStore, admin_token, effective_rooms
 from wr.api import App, pow_key
@@ -32,7 +31,7 @@ from wr.pow import ProofOfWork
 from wr.room import TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import StateError
-from wr.static import StaticFiles, default_static_dir
+from wr.static import StaticFiles, static_root
 from wr.steward import STEP_INTERVAL_S, Steward
 from wr.systemd import notify, watchdog_interval_s
 from wr.tokens import KeyRing, KeyRingError, Tokens
@@ -134,7 +133,6 @@ class Worker:
         return Tokens(KeyRing.load(config.state_dir), config.tokens)
 
     def _app(self, config: Config, tokens: Tokens) -> App:
-        static_dir = Path(config.server.static_dir or default_static_dir())
         # The worker's one proof-of-work checker outlives reloads, so the
         # challenges it accepted stay refused; only its key follows the ring.
         key = pow_key(tokens)
@@ -146,7 +144,7 @@ class Worker:
             self.rooms,
             tokens,
             self.metrics,
-            StaticFiles.load(static_dir),
+            StaticFiles.load(static_root(config.server.static_dir)),
             ready=lambda: self.ready,
             proof_of_work=self._proof_of_work,
             save_failing=lambda: bool(self.block.header.save_failing),

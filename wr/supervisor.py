@@ -44,6 +44,7 @@ from wr.room import CLAIM_WINDOW
 from wr.server import Worker
 from wr.shm import MAX_WORKERS, SharedBlock
 from wr.state import StateError, prepare_state_dir
+from wr.static import warm_static
 from wr.steward import STEP_INTERVAL_S
 from wr.systemd import notify, watchdog_interval_s
 from wr.tokens import KeyRing, KeyRingError
@@ -143,6 +144,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._record_signal)
         log.info("starting workers=%s", self.config.server.workers)
+        warm_static(self.config.server.static_dir)
         for index in range(self.config.server.workers):
             self._spawn(index)
 
