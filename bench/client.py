@@ -49,8 +49,9 @@ RECONNECT_DELAY_S = 0.1
 # Error bodies longer than this are not parsed for a reason.
 _MAX_ERROR_BODY = 4096
 
-# status, body; status 0 means no answer came (lost, timeout, connect).
-Callback = Callable[[int, bytes], None]
+# status, body, when the request was written (time.monotonic); status 0
+# means no answer came (lost, timeout, connect).
+Callback = Callable[[int, bytes, float], None]
 
 
 def request_bytes(
@@ -229,7 +230,7 @@ class Connection(asyncio.Protocol):
             request.kind, status, body, time.monotonic() - request.sent_at
         )
         if request.callback is not None:
-            request.callback(status, body)
+            request.callback(status, body, request.sent_at)
         self._flush()
 
     # Inside.
@@ -254,7 +255,7 @@ class Connection(asyncio.Protocol):
         for kind, _, callback in failed:
             self.recorder.failed(kind, "connect")
             if callback is not None:
-                callback(0, b"")
+                callback(0, b"", time.monotonic())
 
     def _flush(self) -> None:
         transport = self.transport
@@ -289,4 +290,4 @@ class Connection(asyncio.Protocol):
         for request in failed:
             self.recorder.failed(request.kind, error)
             if request.callback is not None:
-                request.callback(0, b"")
+                request.callback(0, b"", request.sent_at)

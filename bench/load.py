@@ -152,7 +152,7 @@ class _ClosedLoop:
         kind, data = next(requests)
         self.sent += 1
         connection.submit(
-            kind, data, lambda _status, _body: self._next(connection, requests, done)
+            kind, data, lambda _s, _b, _t: self._next(connection, requests, done)
         )
 
     def _requests(self, index: int) -> Iterator[tuple[str, bytes]]:
@@ -214,7 +214,7 @@ async def _ask(connection: Connection, kind: str, data: bytes) -> bytes:
     future: asyncio.Future[tuple[int, bytes]] = (
         asyncio.get_running_loop().create_future()
     )
-    connection.submit(kind, data, lambda s, b: future.set_result((s, b)))
+    connection.submit(kind, data, lambda s, b, _t: future.set_result((s, b)))
     status, body = await future
     if not 200 <= status < 300:
         raise RuntimeError(f"setup request failed: status {status} {body[:200]!r}")
