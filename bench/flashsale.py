@@ -334,13 +334,15 @@ class _MetricsSampler:
                 return
 
     def sample(self) -> None:
+        asked = time.monotonic()
         try:
             with urllib.request.urlopen(self.url, timeout=5) as answer:  # noqa: S310
                 text = answer.read().decode()
         except OSError:
             self.errors += 1
             return
-        sample = {"at": time.monotonic()}
+        # The server read its counters somewhere in between.
+        sample = {"at": (asked + time.monotonic()) / 2}
         names = {
             "wr_room_serving_position": "serving",
             "wr_room_next_position": "next_position",

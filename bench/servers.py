@@ -204,6 +204,10 @@ def nginx_server(workdir: Path, cpus: tuple[int, ...] = ()) -> Server | None:
     port = free_port()
     where = workdir / "nginx"
     (where / "html").mkdir(parents=True, exist_ok=True)
+    # nginx's worker drops root for "nobody", who must reach the file.
+    workdir.chmod(workdir.stat().st_mode | 0o011)
+    for path in (where, where / "html"):
+        path.chmod(0o755)
     from bench.baselines.bare import BODY
 
     (where / "html" / "index.json").write_bytes(BODY)

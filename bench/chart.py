@@ -1,0 +1,58 @@
+"""A PNG of a flash sale: queue depth, admissions and latency over time.
+
+Drawn only when matplotlib is installed (``pip install -e '.[bench]'``);
+without it the bench says so and writes its JSON as usual.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+__all__ = ["draw_sale"]
+
+
+def draw_sale(sale: dict[str, object], path: Path) -> Path | None:
+    """Write the chart to ``path``; None when matplotlib is absent."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = sale["timeline"]
+    assert isinstance(timeline, dict)
+    queue = timeline["queue"]
+    latency = timeline["latency"]
+    claims = timeline["claims_s"]
+    assert isinstance(queue, list)
+    assert isinstance(latency, list)
+    assert isinstance(claims, list)
+
+    figure, (depth, admitted, slow) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    times = [s["t"] for s in queue]
+    depth.plot(times, [s["waiting"] for s in queue])
+    depth.set_ylabel("people waiting")
+    depth.set_title("flash sale: queue, admissions, latency (real seconds)")
+
+    rates = [
+        (b["t"], (b["serving"] - a["serving"]) / (b["t"] - a["t"]))
+        for a, b in zip(queue, queue[1:], strict=False)
+        if b["t"] > a["t"]
+    ]
+    admitted.plot([t for t, _ in rates], [r for _, r in rates], label="admitted/s")
+    per_second = Counter(int(c) for c in claims)
+    seconds = sorted(per_second)
+    admitted.plot(seconds, [per_second[s] for s in seconds], label="sample claims/s")
+    admitted.set_ylabel("per second")
+    admitted.legend()
+
+    slow.plot([p["t"] for p in latency], [p["p99_ms"] for p in latency])
+    slow.set_ylabel("p99 latency, ms")
+    slow.set_xlabel("seconds since the first arrival")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
