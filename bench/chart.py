@@ -7,29 +7,29 @@ without it the bench says so and writes its JSON as usual.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections import Counter
 from pathlib import Path
+
+from bench import Json
 
 __all__ = ["draw_sale"]
 
 
-def draw_sale(sale: dict[str, object], path: Path) -> Path | None:
+def draw_sale(sale: Json, path: Path) -> Path | None:
     """Write the chart to ``path``; None when matplotlib is absent."""
     if importlib.util.find_spec("matplotlib") is None:
         return None
-    import matplotlib
+    # matplotlib is optional (the bench extra): imported only when present.
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     timeline = sale["timeline"]
-    assert isinstance(timeline, dict)
     queue = timeline["queue"]
     latency = timeline["latency"]
     claims = timeline["claims_s"]
-    assert isinstance(queue, list)
-    assert isinstance(latency, list)
-    assert isinstance(claims, list)
 
     figure, (depth, admitted, slow) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     times = [s["t"] for s in queue]
@@ -39,7 +39,7 @@ def draw_sale(sale: dict[str, object], path: Path) -> Path | None:
 
     rates = [
         (b["t"], (b["serving"] - a["serving"]) / (b["t"] - a["t"]))
-        for a, b in zip(queue, queue[1:], strict=False)
+        for a, b in itertools.pairwise(queue)
         if b["t"] > a["t"]
     ]
     admitted.plot([t for t, _ in rates], [r for _, r in rates], label="admitted/s")

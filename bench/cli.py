@@ -22,7 +22,10 @@ from pathlib import Path
 
 import orjson
 
+from bench.flashsale import add_arguments as flash_arguments
+from bench.flashsale import run_from_args
 from bench.load import MODES, LoadSpec, run_load
+from bench.suite import run_burst, run_suite
 
 __all__ = ["check_target", "main"]
 
@@ -75,8 +78,6 @@ def _parser() -> argparse.ArgumentParser:
         load.add_argument("--max-requests", type=int, default=10_000_000)
         load.add_argument("--tokens-per-connection", type=int, default=16)
 
-    from bench.flashsale import add_arguments as flash_arguments
-
     flash = commands.add_parser("flash-sale", help="a crowd in line")
     _common(flash)
     flash_arguments(flash)
@@ -95,12 +96,8 @@ def _cpus(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "suite":
-        from bench.suite import run_suite
-
         return run_suite(RESULTS_DIR, quick=args.quick)
     if args.command == "burst":
-        from bench.suite import run_burst
-
         return run_burst(RESULTS_DIR, args.people)
 
     try:
@@ -109,8 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     if args.command == "flash-sale":
-        from bench.flashsale import run_from_args
-
         result = run_from_args(args, _cpus(args.cpus))
     else:
         spec = LoadSpec(

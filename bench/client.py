@@ -18,8 +18,8 @@ one), ``lost`` (the connection closed with the request in flight),
 from __future__ import annotations
 
 import asyncio
-import typing
 import time
+import typing
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import httptools
 import orjson
 
+from bench import Json
 from bench.stats import LatencyHistogram
 
 __all__ = [
@@ -110,14 +111,16 @@ class Recorder:
         self.recording = True
         self.recorded_from = self.recorded_until = time.monotonic()
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> Json:
         return {
             "started": self.started,
             "recorded_from": self.recorded_from,
             "recorded_until": self.recorded_until,
             "latency": {k: h.to_json() for k, h in self.latency.items()},
             "errors": dict(self.errors),
-            "timeline_counts": {str(s): dict(c) for s, c in self.timeline_counts.items()},
+            "timeline_counts": {
+                str(s): dict(c) for s, c in self.timeline_counts.items()
+            },
             "timeline_latency": {
                 str(s): h.to_json() for s, h in self.timeline_latency.items()
             },

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import multiprocessing
 import os
@@ -43,9 +44,11 @@ import orjson
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import Json
 from bench.client import Connection, Recorder, request_bytes
 from bench.load import merge
-from bench.stats import displacement
+from bench.procstat import TreeSampler
+from bench.stats import displacement, slope
 from wr.room import next_poll_s
 
 __all__ = ["FIXED_POLL_S", "FlashSpec", "add_arguments", "run_flash_sale"]
@@ -132,11 +135,13 @@ class _Crowd:
         self.joined = 0
         self.active = 0
         self.claims: list[float] = []
-        self.random = random.Random(spec.seed * 1000 + self.index)
+        # Who gives up and when, and the jitter of poll delays: a simulation,
+        # seeded so that two runs are the same crowd.
+        self.random = random.Random(spec.seed * 1000 + self.index)  # noqa: S311
         self.join_request = request_bytes("POST", f"/api/v1/rooms/{spec.room}/join")
         self.status_target = f"/api/v1/rooms/{spec.room}/status"
 
-    async def run(self) -> dict[str, object]:
+    async def run(self) -> Json:
         loop = asyncio.get_running_loop()
         spec = self.spec
         self.connections = [
@@ -202,9 +207,7 @@ class _Crowd:
                 poller = self.pollers[k]
                 connection = self.connections[k % len(self.connections)]
                 data = request_bytes("GET", self.status_target, poller.token)
-                connection.submit(
-                    "status", data, lambda s, b, t, k=k: self._polled(k, s, b, t)
-                )
+                connection.submit("status", data, functools.partial(self._polled, k))
 
     def _later(self, k: int, delay_s: float) -> None:
         slot = int((time.monotonic() + delay_s) / TICK_S)
@@ -255,9 +258,7 @@ class _Crowd:
             return
         self._next_poll(k, poller, answer, now)
 
-    def _next_poll(
-        self, k: int, poller: _Poller, answer: dict[str, object], now: float
-    ) -> None:
+    def _next_poll(self, k: int, poller: _Poller, answer: Json, now: float) -> None:
         delay = self._poll_delay(answer)
         if now + delay > poller.give_up_at:
             poller.outcome = "gave_up"
@@ -266,7 +267,7 @@ class _Crowd:
             return
         self._later(k, delay)
 
-    def _poll_delay(self, answer: dict[str, object]) -> float:
+    def _poll_delay(self, answer: Json) -> float:
         compression = self.spec.compression
         told = answer.get("next_poll_s")
         if compression == 1 and isinstance(told, int | float):
@@ -277,7 +278,7 @@ class _Crowd:
 
     # Results.
 
-    def _result(self) -> dict[str, object]:
+    def _result(self) -> Json:
         compression = self.spec.compression
         pollers = []
         for poller in self.pollers.values():
@@ -301,7 +302,7 @@ class _Crowd:
         }
 
 
-def _crowd_main(spec: FlashSpec, index: int) -> dict[str, object]:
+def _crowd_main(spec: FlashSpec, index: int) -> Json:
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -356,10 +357,8 @@ class _MetricsSampler:
         self.samples.append(sample)
 
 
-def run_flash_sale(spec: FlashSpec, server_pid: int | None = None) -> dict[str, object]:
+def run_flash_sale(spec: FlashSpec, server_pid: int | None = None) -> Json:
     """Play the sale; the report as a JSON-ready dict."""
-    from bench.procstat import TreeSampler
-
     url = f"http://{spec.host}:{spec.port}/metrics"
     sampler = TreeSampler(server_pid) if server_pid else None
     with _MetricsSampler(url, spec.room) as metrics:
@@ -383,21 +382,18 @@ def run_flash_sale(spec: FlashSpec, server_pid: int | None = None) -> dict[str, 
 
 def report(
     spec: FlashSpec,
-    results: list[dict[str, object]],
+    results: list[Json],
     metrics: list[dict[str, float]],
-    sampler: object | None,
-) -> dict[str, object]:
-    load = merge([_as_dict(r["recorder"]) for r in results])
-    people = []
+    sampler: TreeSampler | None,
+) -> Json:
+    load = merge([r["recorder"] for r in results])
+    people: list[tuple[int, float, float]] = []
     for result in results:
         positions, asked, answered = (
             result["positions"],
             result["asked"],
             result["answered"],
         )
-        assert isinstance(positions, array)
-        assert isinstance(asked, array)
-        assert isinstance(answered, array)
         people.extend(
             (p, a, b) for p, a, b in zip(positions, asked, answered, strict=True) if p
         )
@@ -405,14 +401,14 @@ def report(
     last_arrival = max((a for _, a, _ in people), default=0.0)
     fair = displacement(people)
 
-    pollers = [p for r in results for p in _as_list(r["pollers"])]
+    pollers: list[tuple[str, int, float]] = [p for r in results for p in r["pollers"]]
     adaptive = sum(polls for _, polls, _ in pollers)
     fixed = sum(max(1, math.ceil(wait / FIXED_POLL_S)) for _, _, wait in pollers)
     outcomes: dict[str, int] = {}
     for outcome, _, _ in pollers:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
-    out: dict[str, object] = {
+    out: Json = {
         "spec": asdict(spec),
         "people_joined": len(people),
         "endpoints": load["endpoints"],
@@ -432,32 +428,29 @@ def report(
         "timeline": _timeline(load, metrics, results),
     }
     if sampler is not None:
-        from bench.procstat import TreeSampler
-
-        assert isinstance(sampler, TreeSampler)
         out["server"] = sampler.summary()
         arrivals = sampler.summary(first_arrival, last_arrival)
         out["server_rss_growth_mb"] = arrivals["rss_last_mb"] - arrivals["rss_first_mb"]
     return out
 
 
-def admission_rate(spec: FlashSpec, metrics: list[dict[str, float]]) -> dict[str, object]:
+def admission_rate(spec: FlashSpec, metrics: list[dict[str, float]]) -> Json:
     """Admissions per minute while people were waiting, against the rate.
 
-    Measured between the first and the last /metrics sample at which the
-    line was not empty, so that the ramp-up and the end of the line, when
-    nobody is left to let in, do not count.
+    The slope of ``serving`` over time, fitted by least squares over the
+    /metrics samples at which the line was not empty (so that the ramp-up
+    and an empty line at the end do not count): a scrape answered late
+    blurs its own instant, and the fit averages that blur out over the run.
     """
     busy = [s for s in metrics if s.get("waiting", 0) > 0 and "serving" in s]
     if len(busy) < 2:
         return {"measured_s": 0.0}
-    first, last = busy[0], busy[-1]
-    elapsed = last["at"] - first["at"]
-    admitted = last["serving"] - first["serving"]
-    per_minute = admitted / elapsed * 60 if elapsed > 0 else 0.0
+    elapsed = busy[-1]["at"] - busy[0]["at"]
+    per_minute = slope([(s["at"], s["serving"]) for s in busy]) * 60
     return {
         "measured_s": elapsed,
-        "admitted": admitted,
+        "samples": len(busy),
+        "admitted": busy[-1]["serving"] - busy[0]["serving"],
         "per_minute": per_minute,
         "configured_per_minute": spec.rate_per_minute,
         "ratio": per_minute / spec.rate_per_minute if spec.rate_per_minute else None,
@@ -466,12 +459,12 @@ def admission_rate(spec: FlashSpec, metrics: list[dict[str, float]]) -> dict[str
 
 
 def _timeline(
-    load: dict[str, object],
+    load: Json,
     metrics: list[dict[str, float]],
-    results: list[dict[str, object]],
-) -> dict[str, object]:
+    results: list[Json],
+) -> Json:
     started = min(float(str(r["started"])) for r in results)
-    claims = sorted(c - started for r in results for c in _as_list(r["claims"]))
+    claims = sorted(c - started for r in results for c in r["claims"])
     return {
         "latency": load["timeline"],
         "queue": [
@@ -484,16 +477,6 @@ def _timeline(
         ],
         "claims_s": claims,
     }
-
-
-def _as_dict(value: object) -> dict[str, object]:
-    assert isinstance(value, dict)
-    return value
-
-
-def _as_list(value: object) -> list[tuple[str, int, float]]:
-    assert isinstance(value, list)
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -512,14 +495,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pollers", type=int, default=defaults.pollers)
     parser.add_argument("--give-up", type=float, default=defaults.give_up)
     parser.add_argument("--depth", type=int, default=defaults.depth)
-    parser.add_argument(
-        "--max-duration", type=float, default=defaults.max_duration_s
-    )
+    parser.add_argument("--max-duration", type=float, default=defaults.max_duration_s)
     parser.add_argument("--linger", type=float, default=defaults.linger_s)
     parser.add_argument("--server-pid", type=int)
 
 
-def run_from_args(args: argparse.Namespace, cpus: tuple[int, ...]) -> dict[str, object]:
+def run_from_args(args: argparse.Namespace, cpus: tuple[int, ...]) -> Json:
     spec = FlashSpec(
         host=args.host,
         port=args.port,

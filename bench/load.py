@@ -20,6 +20,7 @@ its own uvloop loop and ``connections / processes`` connections, pinned to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 import orjson
 import uvloop
 
+from bench import Json
 from bench.client import REQUEST_TIMEOUT_S, Connection, Recorder, request_bytes
 from bench.stats import LatencyHistogram
 
@@ -39,8 +41,8 @@ __all__ = ["MIX", "MODES", "LoadSpec", "merge", "run_load"]
 MODES = ("join", "status", "verify", "mixed", "fixed")
 # One cycle of the mixed mode: for every 10 requests, 2 arrivals, 5 polls
 # and 3 gateway checks (a site with people inside and people waiting).
-MIX = ("join", "status", "verify", "status", "status", "join", "status", "verify")
-MIX += ("status", "verify")
+MIX: tuple[str, ...] = ("join", "status", "verify", "status", "status")
+MIX += ("join", "status", "verify", "status", "verify")
 # How long fetching tokens before a run may take at most.
 SETUP_TIMEOUT_S = 60.0
 # Between status polls while waiting for an access token in the open room:
@@ -77,7 +79,7 @@ class LoadSpec:
         )
 
 
-def run_load(spec: LoadSpec) -> dict[str, object]:
+def run_load(spec: LoadSpec) -> Json:
     """Run ``spec`` in its processes; the merged result (see :func:`merge`)."""
     if spec.processes == 1:
         return merge([_process_main(spec)])
@@ -87,7 +89,7 @@ def run_load(spec: LoadSpec) -> dict[str, object]:
         return merge(pool.map(_process_main, shares))
 
 
-def _process_main(spec: LoadSpec) -> dict[str, object]:
+def _process_main(spec: LoadSpec) -> Json:
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -104,7 +106,7 @@ class _ClosedLoop:
         self.deadline = float("inf")
         self.stopping = False
 
-    async def run(self) -> dict[str, object]:
+    async def run(self) -> Json:
         loop = asyncio.get_running_loop()
         spec = self.spec
         connections = [
@@ -123,12 +125,10 @@ class _ClosedLoop:
         await asyncio.sleep(spec.warmup_s)
         self.recorder.start_recording()
         self.deadline = time.monotonic() + spec.duration_s
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.shield(done), spec.duration_s + REQUEST_TIMEOUT_S
             )
-        except TimeoutError:
-            pass
         self.stopping = True
         await _drain(connections)
         for connection in connections:
@@ -160,11 +160,11 @@ class _ClosedLoop:
         join = request_bytes("POST", f"/api/v1/rooms/{spec.room}/join")
         status = [
             request_bytes("GET", f"/api/v1/rooms/{spec.room}/status", token)
-            for token in self.queue_tokens[index::spec.connections] or [""]
+            for token in self.queue_tokens[index :: spec.connections] or [""]
         ]
         verify = [
             request_bytes("GET", f"/api/v1/verify?room={spec.open_room}", token)
-            for token in self.access_tokens[index::spec.connections] or [""]
+            for token in self.access_tokens[index :: spec.connections] or [""]
         ]
         by_kind = {
             "join": itertools.repeat(join),
@@ -172,8 +172,10 @@ class _ClosedLoop:
             "verify": itertools.cycle(verify),
             "fixed": itertools.repeat(request_bytes("GET", "/")),
         }
-        kinds = itertools.cycle(MIX) if spec.mode == "mixed" else (
-            itertools.repeat(spec.mode)
+        kinds = (
+            itertools.cycle(MIX)
+            if spec.mode == "mixed"
+            else (itertools.repeat(spec.mode))
         )
         for kind in kinds:
             yield kind, next(by_kind[kind])
@@ -234,7 +236,7 @@ async def _drain(connections: list[Connection]) -> None:
         await asyncio.sleep(0.01)
 
 
-def merge(results: list[dict[str, object]]) -> dict[str, object]:
+def merge(results: list[Json]) -> Json:
     """Add up the results of the processes of one run, per kind of request.
 
     Requests per second of a kind are its answers over the recorded span,
@@ -287,6 +289,6 @@ def merge(results: list[dict[str, object]]) -> dict[str, object]:
     }
 
 
-def _dict(value: object) -> dict[str, object]:
-    assert isinstance(value, dict)
+def _dict(value: Json) -> Json:
+    """Narrows a JSON value that is known to be an object."""
     return value

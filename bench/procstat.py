@@ -97,7 +97,9 @@ class TreeSampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def summary(self, start: float = 0.0, end: float = float("inf")) -> dict[str, float]:
+    def summary(
+        self, start: float = 0.0, end: float = float("inf")
+    ) -> dict[str, float]:
         """RSS (first, last, peak) and mean CPU share between two instants."""
         window = [s for s in self.samples if start <= s.at <= end] or self.samples
         first, last = window[0], window[-1]

@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench import Json
+from bench.baselines.bare import BODY
+
 __all__ = [
     "Server",
     "bare_server",
@@ -70,7 +73,8 @@ class Server:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
         return self.proc.pid
 
     def start(self) -> Server:
@@ -126,7 +130,7 @@ def wr_config(
     state_dir: Path,
     *,
     metrics: bool = True,
-    rooms: dict[str, dict[str, object]] | None = None,
+    rooms: dict[str, Json] | None = None,
 ) -> str:
     """A one-worker wr config for the bench: no admin listener, quiet logs."""
     if rooms is None:
@@ -171,7 +175,7 @@ def wr_server(
     cpus: tuple[int, ...] = (),
     *,
     metrics: bool = True,
-    rooms: dict[str, dict[str, object]] | None = None,
+    rooms: dict[str, Json] | None = None,
 ) -> Server:
     port = free_port()
     where = workdir / name
@@ -208,9 +212,8 @@ def nginx_server(workdir: Path, cpus: tuple[int, ...] = ()) -> Server | None:
     workdir.chmod(workdir.stat().st_mode | 0o011)
     for path in (where, where / "html"):
         path.chmod(0o755)
-    from bench.baselines.bare import BODY
-
     (where / "html" / "index.json").write_bytes(BODY)
+    scratch = where / "scratch"
     (where / "nginx.conf").write_text(
         f"""daemon off;
 worker_processes 1;
@@ -219,11 +222,11 @@ error_log {where}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {where}/tmp;
-    proxy_temp_path {where}/tmp;
-    fastcgi_temp_path {where}/tmp;
-    uwsgi_temp_path {where}/tmp;
-    scgi_temp_path {where}/tmp;
+    client_body_temp_path {scratch};
+    proxy_temp_path {scratch};
+    fastcgi_temp_path {scratch};
+    uwsgi_temp_path {scratch};
+    scgi_temp_path {scratch};
     keepalive_requests 100000000;
     server {{
         listen {HOST}:{port};

@@ -20,12 +20,15 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bench import Json
+
 __all__ = [
     "RELATIVE_ERROR",
     "Displacement",
     "LatencyHistogram",
     "displacement",
     "percentile",
+    "slope",
 ]
 
 # Bucket width as a ratio: 1 % is finer than the run-to-run noise of any
@@ -61,8 +64,7 @@ class LatencyHistogram:
         self.counts[bucket] = self.counts.get(bucket, 0) + 1
         self.count += 1
         self.total_s += seconds
-        if seconds > self.max_s:
-            self.max_s = seconds
+        self.max_s = max(self.max_s, seconds)
 
     def merge(self, other: LatencyHistogram) -> None:
         for bucket, n in other.counts.items():
@@ -97,7 +99,7 @@ class LatencyHistogram:
             "mean_ms": self.total_s / self.count * 1e3,
         }
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> Json:
         return {
             "counts": {str(k): v for k, v in self.counts.items()},
             "count": self.count,
@@ -106,9 +108,8 @@ class LatencyHistogram:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> LatencyHistogram:
+    def from_json(cls, data: Json) -> LatencyHistogram:
         counts = data["counts"]
-        assert isinstance(counts, dict)
         return cls(
             {int(k): int(v) for k, v in counts.items()},
             int(str(data["count"])),
@@ -189,3 +190,14 @@ def _count_overtakes(by_position: list[tuple[int, float, float]]) -> Displacemen
             tree[index] += 1
             index += index & -index
     return Displacement(displaced, max_places, total)
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of ``(x, y)`` points (at least two distinct x)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        raise ValueError("slope needs two distinct x values")
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread

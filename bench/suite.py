@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import ExitStack
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
 
+from bench import Json
+from bench.chart import draw_sale
 from bench.flashsale import FlashSpec, run_flash_sale
 from bench.load import LoadSpec, run_load
 from bench.procstat import TreeSampler
@@ -75,7 +78,7 @@ def _spec(server: Server, mode: str, duration_s: float) -> LoadSpec:
     )
 
 
-def _measure(server: Server, mode: str, duration_s: float) -> dict[str, object]:
+def _measure(server: Server, mode: str, duration_s: float) -> Json:
     """One closed-loop scenario, with the server's RSS and CPU over it."""
     with TreeSampler(server.pid) as sampler:
         result = run_load(_spec(server, mode, duration_s))
@@ -83,25 +86,23 @@ def _measure(server: Server, mode: str, duration_s: float) -> dict[str, object]:
     return result
 
 
-def _endpoint(result: dict[str, object], kind: str) -> dict[str, object]:
-    endpoints = result["endpoints"]
-    assert isinstance(endpoints, dict)
-    found = endpoints.get(kind, {})
-    assert isinstance(found, dict)
+def _endpoint(result: Json, kind: str) -> Json:
+    found: Json = result["endpoints"].get(kind, {})
     return found
 
 
 def _token(port: int, room: str, kind: str) -> str:
     """A queue or access token from a running server, for wrk's requests."""
     base = f"http://127.0.0.1:{port}/api/v1/rooms/{room}"
-    join = urllib.request.Request(f"{base}/join", method="POST", data=b"")
+    join = urllib.request.Request(f"{base}/join", method="POST", data=b"")  # noqa: S310
+    # S310: the URL is built here, http on 127.0.0.1.
     with urllib.request.urlopen(join, timeout=10) as answer:  # noqa: S310
         queue: str = orjson.loads(answer.read())["queue_token"]
     if kind == "queue":
         return queue
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        status = urllib.request.Request(
+        status = urllib.request.Request(  # noqa: S310
             f"{base}/status", headers={"Authorization": f"Bearer {queue}"}
         )
         with urllib.request.urlopen(status, timeout=10) as answer:  # noqa: S310
@@ -133,14 +134,14 @@ def _wrk_rows(server: Server, work: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def _crossprocess() -> dict[str, object]:
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+def _crossprocess() -> Json:
+    done = subprocess.run(
         [sys.executable, "-m", "bench.crossprocess"],
         capture_output=True,
         check=True,
         timeout=120,
     )
-    result: dict[str, object] = orjson.loads(done.stdout)
+    result: Json = orjson.loads(done.stdout)
     return result
 
 
@@ -154,8 +155,8 @@ def run_suite(results_dir: Path, quick: bool = False) -> int:
     """
     started = time.monotonic()
     duration = DURATION_S / 2 if quick else DURATION_S
-    results: dict[str, object] = {"started": time.time()}
-    load: dict[str, dict[str, dict[str, object]]] = {}
+    results: Json = {"started": time.time()}
+    load: dict[str, dict[str, Json]] = {}
     wrk: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="wr-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -192,7 +193,7 @@ def run_suite(results_dir: Path, quick: bool = False) -> int:
         for server, _modes in running:
             server.stop()
 
-        rooms: dict[str, dict[str, object]] = {
+        rooms: dict[str, Json] = {
             "default": {"rate_per_minute": QUICK_SALE_RATE * COMPRESSION}
         }
         with wr_server(work, "wr-sale", SERVER_CPUS, rooms=rooms) as server:
@@ -214,11 +215,8 @@ def run_suite(results_dir: Path, quick: bool = False) -> int:
     return 0
 
 
-def _keep_best(
-    best: dict[str, dict[str, object]], mode: str, result: dict[str, object]
-) -> None:
+def _keep_best(best: dict[str, Json], mode: str, result: Json) -> None:
     endpoints = result["endpoints"]
-    assert isinstance(endpoints, dict)
     total = sum(float(e.get("rps", 0.0)) for e in endpoints.values())
     result["total_rps"] = total
     previous = best.get(mode)
@@ -227,7 +225,7 @@ def _keep_best(
 
 
 def _sale_spec(server: Server, people: int, **extra: object) -> FlashSpec:
-    settings: dict[str, object] = {
+    settings: Json = {
         "port": server.port,
         "people": people,
         "rate_per_minute": SALE_RATE_PER_MINUTE * COMPRESSION,
@@ -238,22 +236,24 @@ def _sale_spec(server: Server, people: int, **extra: object) -> FlashSpec:
         "cpus": CLIENT_CPUS,
     }
     settings.update(extra)
-    return FlashSpec(**settings)  # type: ignore[arg-type]
+    return FlashSpec(**settings)
 
 
 def summarize(
-    load: dict[str, dict[str, dict[str, object]]],
+    load: dict[str, dict[str, Json]],
     wrk: dict[str, dict[str, dict[str, float]]],
-) -> dict[str, object]:
+) -> Json:
     """Ratios of wr to the baselines, metrics cost, and the targets met."""
     rows = []
     for server, modes in load.items():
         for mode, result in modes.items():
-            for kind in result["endpoints"]:  # type: ignore[union-attr]
-                rows.append(_row("bench", server, mode, kind, load, None))
+            for kind in result["endpoints"]:
+                found = functools.partial(_load_numbers, load, mode, kind)
+                rows.append(_row("bench", server, mode, kind, found))
     for server, kinds in wrk.items():
         for kind in kinds:
-            rows.append(_row("wrk", server, kind, kind, None, wrk))
+            found = functools.partial(_wrk_numbers, wrk, kind)
+            rows.append(_row("wrk", server, kind, kind, found))
     targets = []
     for row in rows:
         if row["server"] != "wr" or row["mode"] == "mixed":
@@ -261,12 +261,14 @@ def summarize(
         kind = str(row["endpoint"])
         bare = row.get("x_bare")
         if kind in TARGETS and isinstance(bare, float):
-            targets.append(_target(row, f"{kind} >= {TARGETS[kind]} x bare", bare,
-                                   TARGETS[kind]))
+            targets.append(
+                _target(row, f"{kind} >= {TARGETS[kind]} x bare", bare, TARGETS[kind])
+            )
         uvicorn = row.get("x_uvicorn")
         if kind in ("join", "status") and isinstance(uvicorn, float):
-            targets.append(_target(row, f"{kind} >= 8 x uvicorn", uvicorn,
-                                   UVICORN_TARGET))
+            targets.append(
+                _target(row, f"{kind} >= 8 x uvicorn", uvicorn, UVICORN_TARGET)
+            )
     cost = {}
     for kind in ("join", "status"):
         on = _rps(load, "wr", kind)
@@ -276,9 +278,7 @@ def summarize(
     return {"rows": rows, "targets": targets, "metrics_cost": cost}
 
 
-def _target(row: dict[str, object], name: str, value: float, goal: float) -> dict[
-    str, object
-]:
+def _target(row: Json, name: str, value: float, goal: float) -> Json:
     return {
         "generator": row["generator"],
         "target": name,
@@ -288,9 +288,7 @@ def _target(row: dict[str, object], name: str, value: float, goal: float) -> dic
     }
 
 
-def _rps(load: dict[str, dict[str, dict[str, object]]], server: str, kind: str) -> (
-    float | None
-):
+def _rps(load: dict[str, dict[str, Json]], server: str, kind: str) -> float | None:
     result = load.get(server, {}).get(kind)
     if result is None:
         return None
@@ -298,24 +296,27 @@ def _rps(load: dict[str, dict[str, dict[str, object]]], server: str, kind: str) 
     return float(value) if isinstance(value, int | float) else None
 
 
-def _row(
-    generator: str,
-    server: str,
-    mode: str,
-    kind: str,
-    load: dict[str, dict[str, dict[str, object]]] | None,
-    wrk: dict[str, dict[str, dict[str, float]]] | None,
-) -> dict[str, object]:
-    def numbers(name: str) -> dict[str, object] | None:
-        if load is not None:
-            result = load.get(name, {}).get(mode)
-            return None if result is None else _endpoint(result, kind)
-        assert wrk is not None
-        found = wrk.get(name, {}).get(kind)
-        return None if found is None else dict(found)
+Lookup = Callable[[str], Json | None]
 
+
+def _load_numbers(
+    load: dict[str, dict[str, Json]], mode: str, kind: str, server: str
+) -> Json | None:
+    result = load.get(server, {}).get(mode)
+    return None if result is None else _endpoint(result, kind)
+
+
+def _wrk_numbers(
+    wrk: dict[str, dict[str, dict[str, float]]], kind: str, server: str
+) -> Json | None:
+    found = wrk.get(server, {}).get(kind)
+    return None if found is None else dict(found)
+
+
+def _row(generator: str, server: str, mode: str, kind: str, numbers: Lookup) -> Json:
+    """One line of the table; ``numbers(server)`` finds a server's figures."""
     mine = numbers(server) or {}
-    row: dict[str, object] = {
+    row: Json = {
         "generator": generator,
         "server": server,
         "mode": mode,
@@ -331,9 +332,8 @@ def _row(
     return row
 
 
-def print_table(results: dict[str, object]) -> None:
+def print_table(results: Json) -> None:
     summary = results["summary"]
-    assert isinstance(summary, dict)
     head = f"{'gen':5} {'server':13} {'mode':7} {'endpoint':8} {'req/s':>9} "
     head += f"{'p99 ms':>8} {'x bare':>7} {'x uvicorn':>9} errors"
     print(head)
@@ -347,11 +347,14 @@ def print_table(results: dict[str, object]) -> None:
             f"{_num(row.get('x_uvicorn'), 9, 1)} {count}"
         )
     for kind, cost in summary["metrics_cost"].items():
-        print(f"metrics cost on {kind}: {cost['cost']:.1%} (on/off {cost['on_over_off']:.3f})")
+        ratio = cost["on_over_off"]
+        print(f"metrics cost on {kind}: {cost['cost']:.1%} (on/off {ratio:.3f})")
     for target in summary["targets"]:
         verdict = "met" if target["met"] else f"missed by {target['short_by']:.0%}"
-        print(f"target ({target['generator']}) {target['target']}: "
-              f"{target['measured']:.2f} {verdict}")
+        print(
+            f"target ({target['generator']}) {target['target']}: "
+            f"{target['measured']:.2f} {verdict}"
+        )
     sale = results.get("flash_sale")
     if isinstance(sale, dict):
         print(sale_line(sale))
@@ -369,13 +372,10 @@ def print_table(results: dict[str, object]) -> None:
     print(f"elapsed {results['elapsed_s']:.0f} s")
 
 
-def sale_line(sale: dict[str, object]) -> str:
+def sale_line(sale: Json) -> str:
     admissions = sale["admissions"]
     polls = sale["polls"]
     fairness = sale["fairness"]
-    assert isinstance(admissions, dict)
-    assert isinstance(polls, dict)
-    assert isinstance(fairness, dict)
     ratio = admissions.get("ratio")
     reduction = polls.get("reduction")
     growth = sale.get("server_rss_growth_mb")
@@ -394,26 +394,24 @@ def _num(value: object, width: int, digits: int) -> str:
     return f"{value:{width}.{digits}f}"
 
 
-def _write(
-    results_dir: Path, name: str, results: dict[str, object], sale: dict[str, object]
-) -> None:
+def _write(results_dir: Path, name: str, results: Json, sale: Json) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     text = orjson.dumps(results, option=orjson.OPT_INDENT_2)
     (results_dir / f"{name}-{stamp}.json").write_bytes(text)
     (results_dir / f"{name}-latest.json").write_bytes(text)
-    from bench.chart import draw_sale
-
     chart = draw_sale(sale, results_dir / f"{name}-{stamp}.png")
-    print(f"bench: results in {results_dir}/{name}-{stamp}.json"
-          + (f", chart {chart}" if chart else " (no chart: matplotlib absent)"),
-          file=sys.stderr)
+    print(
+        f"bench: results in {results_dir}/{name}-{stamp}.json"
+        + (f", chart {chart}" if chart else " (no chart: matplotlib absent)"),
+        file=sys.stderr,
+    )
 
 
 def run_burst(results_dir: Path, people: int) -> int:
     """make bench-burst: the flash sale with ``people`` arriving at once."""
     started = time.monotonic()
-    rooms: dict[str, dict[str, object]] = {
+    rooms: dict[str, Json] = {
         "default": {"rate_per_minute": SALE_RATE_PER_MINUTE * COMPRESSION}
     }
     with tempfile.TemporaryDirectory(prefix="wr-burst-") as tmp:
@@ -423,7 +421,7 @@ def run_burst(results_dir: Path, people: int) -> int:
                 server, people, max_duration_s=300.0, linger_s=20.0, pollers=3000
             )
             sale = run_flash_sale(spec, server.pid)
-    results: dict[str, object] = {
+    results: Json = {
         "flash_sale": sale,
         "elapsed_s": time.monotonic() - started,
     }
@@ -435,14 +433,11 @@ def run_burst(results_dir: Path, people: int) -> int:
     return 0 if all(verdicts.values()) else 1
 
 
-def burst_verdicts(sale: dict[str, object]) -> dict[str, bool]:
+def burst_verdicts(sale: Json) -> dict[str, bool]:
     """The issue's flash-sale targets, each met or not."""
     admissions = sale["admissions"]
     polls = sale["polls"]
     fairness = sale["fairness"]
-    assert isinstance(admissions, dict)
-    assert isinstance(polls, dict)
-    assert isinstance(fairness, dict)
     ratio = admissions.get("ratio")
     reduction = polls.get("reduction")
     growth = sale.get("server_rss_growth_mb")

@@ -9,8 +9,8 @@ match. ``python -m bench.baselines.bare PORT``.
 from __future__ import annotations
 
 import asyncio
-import typing
 import sys
+import typing
 
 import httptools
 import orjson
