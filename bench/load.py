@@ -8,11 +8,11 @@ Modes (what one request is):
 - ``verify``: a gateway checking an access token (``GET /api/v1/verify``);
   the tokens come from joins in a room that admits at once (``open_room``);
 - ``mixed``: joins, status polls and verifies in the proportions of
-  :data:`MIX`, on every connection;
+  :data:`MIX`, in that order within each process;
 - ``fixed``: ``GET /`` over and over, for servers with one fixed answer.
 
 A run is bounded twice: by ``duration_s`` after the warm-up, and by
-``max_requests`` per process. It runs in ``processes`` processes, each with
+``max_requests`` in all (split between the processes). It runs in ``processes`` processes, each with
 its own uvloop loop and ``connections / processes`` connections, pinned to
 ``cpus`` when given; their results add up in :func:`merge`.
 """
@@ -65,7 +65,7 @@ class LoadSpec:
     processes: int = 1
     duration_s: float = 5.0
     warmup_s: float = 1.0
-    # Per process; a safety bound on top of the duration.
+    # In all processes together; a bound on top of the duration.
     max_requests: int = 10_000_000
     # Tokens fetched per connection before the measurement, used in turn.
     tokens_per_connection: int = 16
@@ -74,9 +74,13 @@ class LoadSpec:
     def share(self, index: int) -> LoadSpec:
         """The part of this run that process ``index`` does."""
         base, extra = divmod(self.connections, self.processes)
-        return LoadSpec(
-            **{**asdict(self), "connections": base + (index < extra), "processes": 1}
-        )
+        most, more = divmod(self.max_requests, self.processes)
+        share = {
+            "connections": base + (index < extra),
+            "max_requests": most + (index < more),
+            "processes": 1,
+        }
+        return LoadSpec(**{**asdict(self), **share})
 
 
 def run_load(spec: LoadSpec) -> Json:
@@ -105,6 +109,13 @@ class _ClosedLoop:
         self.sent = 0
         self.deadline = float("inf")
         self.stopping = False
+        # One sequence of kinds for all connections of the process, so that
+        # a bounded run sends exactly MIX's proportions.
+        self.kinds: Iterator[str] = (
+            itertools.cycle(MIX)
+            if spec.mode == "mixed"
+            else itertools.repeat(spec.mode)
+        )
 
     async def run(self) -> Json:
         loop = asyncio.get_running_loop()
@@ -172,12 +183,7 @@ class _ClosedLoop:
             "verify": itertools.cycle(verify),
             "fixed": itertools.repeat(request_bytes("GET", "/")),
         }
-        kinds = (
-            itertools.cycle(MIX)
-            if spec.mode == "mixed"
-            else (itertools.repeat(spec.mode))
-        )
-        for kind in kinds:
+        for kind in self.kinds:
             yield kind, next(by_kind[kind])
 
     async def _setup(self, connections: list[Connection]) -> None:
@@ -286,6 +292,7 @@ def merge(results: list[Json]) -> Json:
             for second in sorted(timeline)
         ],
         "setup_s": max(float(str(r["setup_s"])) for r in results),
+        "sent": sum(int(r.get("sent", 0)) for r in results),
     }
 
 

@@ -418,7 +418,7 @@ def run_burst(results_dir: Path, people: int) -> int:
         work = Path(tmp)
         with wr_server(work, "wr-burst", SERVER_CPUS, rooms=rooms) as server:
             spec = _sale_spec(
-                server, people, max_duration_s=300.0, linger_s=20.0, pollers=3000
+                server, people, max_duration_s=420.0, linger_s=20.0, pollers=3000
             )
             sale = run_flash_sale(spec, server.pid)
     results: Json = {
