@@ -12,9 +12,10 @@ Modes (what one request is):
 - ``fixed``: ``GET /`` over and over, for servers with one fixed answer.
 
 A run is bounded twice: by ``duration_s`` after the warm-up, and by
-``max_requests`` in all (split between the processes). It runs in ``processes`` processes, each with
-its own uvloop loop and ``connections / processes`` connections, pinned to
-``cpus`` when given; their results add up in :func:`merge`.
+``max_requests`` in all (split between the processes). It runs in
+``processes`` processes, each with its own uvloop loop and its share of
+the connections, pinned to ``cpus`` when given; their results add up in
+:func:`merge`.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def test_histogram_counts_max_and_mean() -> None:
 
 
 def test_histograms_merge_like_one() -> None:
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - test data, not secrets
     values = [rng.expovariate(1000) + 1e-5 for _ in range(2000)]
     whole, first, second = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
     for index, value in enumerate(values):
@@ -131,7 +131,7 @@ def test_displacement_matches_a_direct_count(order: list[int]) -> None:
 
 
 def test_slope_fits_a_line_through_noise() -> None:
-    rng = random.Random(3)
+    rng = random.Random(3)  # noqa: S311 - test data, not secrets
     points = [(t / 10, 500.0 * t / 10 + rng.uniform(-20, 20)) for t in range(300)]
     assert slope(points) == pytest.approx(500.0, rel=0.01)
     with pytest.raises(ValueError, match="distinct"):
