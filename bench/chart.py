@@ -43,9 +43,16 @@ def draw_sale(sale: Json, path: Path) -> Path | None:
         if b["t"] > a["t"]
     ]
     admitted.plot([t for t, _ in rates], [r for _, r in rates], label="admitted/s")
+    # The sample claims for everyone: one in ``stride`` people polls.
+    spec = sale["spec"]
+    stride = max(1, spec["people"] // max(1, spec["pollers"]))
     per_second = Counter(int(c) for c in claims)
     seconds = sorted(per_second)
-    admitted.plot(seconds, [per_second[s] for s in seconds], label="sample claims/s")
+    admitted.plot(
+        seconds,
+        [per_second[s] * stride for s in seconds],
+        label=f"claims/s (sample x {stride})",
+    )
     admitted.set_ylabel("per second")
     admitted.legend()
 

@@ -62,8 +62,9 @@ QUICK_SALE_RATE = 1000.0
 QUICK_SALE_S = 25.0
 # Sale time per real second: an hour of queue in a minute.
 COMPRESSION = 60.0
-# The sale's rate (per minute of sale time) and so the server's.
-SALE_RATE_PER_MINUTE = 5000.0
+# The burst sale's rate, per minute of sale time: well under the joins one
+# core takes, so that the line grows while the crowd arrives.
+SALE_RATE_PER_MINUTE = 2000.0
 
 
 def _spec(server: Server, mode: str, duration_s: float) -> LoadSpec:
