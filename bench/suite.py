@@ -50,10 +50,11 @@ DEPTH = 16
 # 8 x 16 requests in flight: enough to keep one server core busy, few
 # enough that p99 shows the server's latency rather than a long queue.
 CONNECTIONS = 8
-DURATION_S = 2.5
+DURATION_S = 1.5
 WARMUP_S = 0.5
-# Each scenario runs this many times, round-robin; the best is kept.
-ROUNDS = 2
+# Each scenario runs this many times, round-robin; the best is kept. More
+# short rounds beat fewer long ones on a machine whose load comes and goes.
+ROUNDS = 3
 WRK_DURATION_S = 2.0
 # The flash sale of make bench: small enough for the three-minute budget,
 # long enough (a line of ~30 s) to measure the admission rate within 1 %.
