@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import Json
 from bench.client import Connection, Recorder, request_bytes
-from bench.load import merge
+from bench.load import merge, split
 from bench.procstat import TreeSampler
 from bench.stats import displacement, slope
 from wr.room import next_poll_s
@@ -96,8 +96,8 @@ class FlashSpec:
     seed: int = 1
 
     def share(self, index: int) -> FlashSpec:
-        base, extra = divmod(self.connections, self.processes)
-        return FlashSpec(**{**asdict(self), "connections": base + (index < extra)})
+        connections = split(self.connections, self.processes, index)
+        return FlashSpec(**{**asdict(self), "connections": connections})
 
     @property
     def stride(self) -> int:

@@ -37,7 +37,7 @@ from bench import Json
 from bench.client import REQUEST_TIMEOUT_S, Connection, Recorder, request_bytes
 from bench.stats import LatencyHistogram
 
-__all__ = ["MIX", "MODES", "LoadSpec", "merge", "run_load"]
+__all__ = ["MIX", "MODES", "LoadSpec", "merge", "run_load", "split"]
 
 MODES = ("join", "status", "verify", "mixed", "fixed")
 # One cycle of the mixed mode: for every 10 requests, 2 arrivals, 5 polls
@@ -74,14 +74,18 @@ class LoadSpec:
 
     def share(self, index: int) -> LoadSpec:
         """The part of this run that process ``index`` does."""
-        base, extra = divmod(self.connections, self.processes)
-        most, more = divmod(self.max_requests, self.processes)
         share = {
-            "connections": base + (index < extra),
-            "max_requests": most + (index < more),
+            "connections": split(self.connections, self.processes, index),
+            "max_requests": split(self.max_requests, self.processes, index),
             "processes": 1,
         }
         return LoadSpec(**{**asdict(self), **share})
+
+
+def split(total: int, parts: int, index: int) -> int:
+    """Part ``index`` of ``total`` cut into ``parts`` as even as can be."""
+    base, extra = divmod(total, parts)
+    return base + (index < extra)
 
 
 def run_load(spec: LoadSpec) -> Json:

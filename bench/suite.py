@@ -378,17 +378,22 @@ def print_table(results: Json) -> None:
     print(f"elapsed {results['elapsed_s']:.0f} s")
 
 
+def _sale_figures(sale: Json) -> tuple[object, object, object, int]:
+    """Admissions over the rate, poll cut, RSS growth, most places lost."""
+    return (
+        sale["admissions"].get("ratio"),
+        sale["polls"].get("reduction"),
+        sale.get("server_rss_growth_mb"),
+        sale["fairness"]["max_places"],
+    )
+
+
 def sale_line(sale: Json) -> str:
-    admissions = sale["admissions"]
-    polls = sale["polls"]
-    fairness = sale["fairness"]
-    ratio = admissions.get("ratio")
-    reduction = polls.get("reduction")
-    growth = sale.get("server_rss_growth_mb")
+    ratio, reduction, growth, displaced = _sale_figures(sale)
     return (
         f"flash sale: {sale['people_joined']} people, errors {sale['error_count']}, "
         f"admissions {_num(ratio, 0, 4)} x rate, "
-        f"displacement {fairness['max_places']}, "
+        f"displacement {displaced}, "
         f"polls cut {_num(reduction, 0, 1)} x vs 3 s, "
         f"RSS growth {_num(growth, 0, 2)} MB"
     )
@@ -441,17 +446,12 @@ def run_burst(results_dir: Path, people: int) -> int:
 
 def burst_verdicts(sale: Json) -> dict[str, bool]:
     """The issue's flash-sale targets, each met or not."""
-    admissions = sale["admissions"]
-    polls = sale["polls"]
-    fairness = sale["fairness"]
-    ratio = admissions.get("ratio")
-    reduction = polls.get("reduction")
-    growth = sale.get("server_rss_growth_mb")
+    ratio, reduction, growth, displaced = _sale_figures(sale)
     return {
         "zero errors": sale["error_count"] == 0,
         "admissions within 1 % of the rate": isinstance(ratio, float)
         and abs(ratio - 1) <= 0.01,
-        "fairness displacement 0": fairness["max_places"] == 0,
+        "fairness displacement 0": displaced == 0,
         "RSS growth < 20 MB over the arrivals": isinstance(growth, float)
         and growth < 20,
         "polls cut >= 10 x vs fixed 3 s": isinstance(reduction, float)

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.cli import TargetRefused, check_target, main
 from bench.flashsale import FlashSpec, run_flash_sale
 from bench.load import LoadSpec, run_load
+from bench.servers import bare_server, starlette_server, wr_server
 from tests.serverproc import WrServer
 
 CONFIG = """
@@ -60,9 +61,13 @@ def joins(server: WrServer, room: str) -> float:
 
 
 def spec(server: WrServer, mode: str, requests: int, **extra: object) -> LoadSpec:
+    return bench_spec(server.port, mode, requests, **extra)
+
+
+def bench_spec(port: int, mode: str, requests: int, **extra: object) -> LoadSpec:
     settings: dict[str, object] = {
         "mode": mode,
-        "port": server.port,
+        "port": port,
         "connections": 4,
         "depth": 4,
         "duration_s": LONG_S,
@@ -164,3 +169,21 @@ def test_only_loopback_targets_unless_allowed() -> None:
 def test_the_cli_refuses_a_remote_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["join", "--host", "192.0.2.1", "--port", "80"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_the_baselines_answer_the_same_load(tmp_path: Path) -> None:
+    with bare_server(tmp_path) as bare, starlette_server(tmp_path) as uvicorn:
+        for server in (bare, uvicorn):
+            for mode in ("join", "status", "verify"):
+                result = run_load(bench_spec(server.port, mode, 120))
+                assert result["sent"] == 120, (server.name, mode)
+                assert result["error_count"] == 0, (server.name, mode)
+
+
+def test_the_bench_runs_wr_with_metrics_off(tmp_path: Path) -> None:
+    with wr_server(tmp_path, "off", metrics=False) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
+        result = run_load(bench_spec(server.port, "join", 100))
+        assert result["error_count"] == 0
+        assert result["sent"] == 100

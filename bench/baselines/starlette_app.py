@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from typing import Any
 
 import jwt
 import uvicorn
@@ -47,31 +48,31 @@ async def join(request: Request) -> Response:
     claims = {"sub": secrets.token_hex(16), "room": room, "pos": position}
     claims.update({"iat": now, "exp": now + 86400, "eta": eta, "typ": "queue"})
     token = jwt.encode(claims, SECRET, algorithm="HS256")
-    response = JSONResponse(
-        {
-            "state": "waiting",
-            "position": position,
-            "ahead": position - serving(room),
-            "eta_s": eta,
-            "next_poll_s": 3.0,
-            "queue_token": token,
-        }
-    )
+    response = waiting(room, position, token)
     response.set_cookie("wr_queue", token, httponly=True)
     return response
 
 
-async def status(request: Request) -> Response:
-    room = request.path_params["room"]
-    token = bearer(request) or request.cookies.get("wr_queue")
+def checked(request: Request, cookie: str, room: str, typ: str) -> Any:
+    """The token's claims, or the 401 answer when it is missing or wrong."""
+    token = bearer(request) or request.cookies.get(cookie)
     if not token:
         return JSONResponse({"error": "no_token"}, 401)
     try:
         claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     except jwt.InvalidTokenError:
         return JSONResponse({"error": "bad_token"}, 401)
-    if claims["room"] != room or claims["typ"] != "queue":
+    if claims["room"] != room or claims["typ"] != typ:
         return JSONResponse({"error": "wrong_room"}, 401)
+    return claims
+
+
+async def status(request: Request) -> Response:
+    room = request.path_params["room"]
+    claims = checked(request, "wr_queue", room, "queue")
+    if isinstance(claims, Response):
+        return claims
+    token = bearer(request) or request.cookies["wr_queue"]
     position = claims["pos"]
     if position <= serving(room):
         now = int(time.time())
@@ -85,13 +86,17 @@ async def status(request: Request) -> Response:
                 "access_token": jwt.encode(access, SECRET, algorithm="HS256"),
             }
         )
-    eta = int((position - serving(room)) / RATES[room])
+    return waiting(room, position, token)
+
+
+def waiting(room: str, position: int, token: str) -> JSONResponse:
+    ahead = position - serving(room)
     return JSONResponse(
         {
             "state": "waiting",
             "position": position,
-            "ahead": position - serving(room),
-            "eta_s": eta,
+            "ahead": ahead,
+            "eta_s": max(0, int(ahead / RATES[room])),
             "next_poll_s": 3.0,
             "queue_token": token,
         }
@@ -100,15 +105,9 @@ async def status(request: Request) -> Response:
 
 async def verify(request: Request) -> Response:
     room = request.query_params.get("room", "default")
-    token = bearer(request) or request.cookies.get("wr_access")
-    if not token:
-        return JSONResponse({"error": "no_token"}, 401)
-    try:
-        claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-    except jwt.InvalidTokenError:
-        return JSONResponse({"error": "bad_token"}, 401)
-    if claims["room"] != room or claims["typ"] != "access":
-        return JSONResponse({"error": "wrong_room"}, 401)
+    claims = checked(request, "wr_access", room, "access")
+    if isinstance(claims, Response):
+        return claims
     return Response(status_code=204)
 
 
