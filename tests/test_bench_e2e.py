@@ -158,6 +158,32 @@ def test_a_small_flash_sale_is_fair_and_admits_everyone(server: WrServer) -> Non
     assert sale["server"]["rss_peak_mb"] > 0
 
 
+def test_a_ramped_sale_brings_everyone_in_order(server: WrServer) -> None:
+    sale = run_flash_sale(
+        FlashSpec(
+            port=server.port,
+            people=300,
+            arrival="ramp",
+            # Ten minutes of sale time, compressed 600 times: a second.
+            ramp_s=600.0,
+            compression=600.0,
+            pollers=30,
+            give_up=0.0,
+            rate_per_minute=60000,
+            connections=2,
+            processes=2,
+            max_duration_s=LONG_S,
+            linger_s=LONG_S,
+        ),
+    )
+    assert sale["error_count"] == 0
+    assert sale["people_joined"] == 300
+    assert joins(server, "default") == 300
+    assert sale["fairness"]["max_places"] == 0
+    assert sale["polls"]["outcomes"] == {"admitted": 30}
+    assert "server" not in sale
+
+
 def test_only_loopback_targets_unless_allowed() -> None:
     check_target("127.0.0.1", allow_remote=False)
     check_target("localhost", allow_remote=False)
