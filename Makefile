@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench test-deps clean
+.PHONY: run test lint format bench bench-burst bench-redis bench-pow test-deps clean
 
 run: $(STAMP)
 	$(BIN)/wr serve
@@ -23,12 +23,30 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The full load generator comes with the bench issue; for now, the cost of
-# the cross-process position step against the same work in one process.
-bench: $(STAMP)
-	$(BIN)/python -m bench.crossprocess
+# Every server and scenario in one run, one table (bench/results/*.json);
+# the bench extra brings the uvicorn baseline and the charts.
+BENCH_STAMP := $(VENV)/.bench-installed
 
-# System tools some tests need (none yet); installed idempotently.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench suite
+
+# The flash sale with 2,000,000 people, bounded to a few minutes.
+bench-burst: $(BENCH_STAMP)
+	$(BIN)/python -m bench burst
+
+# Two hosts sharing a room through Redis, against the memory backend.
+bench-redis: $(BENCH_STAMP)
+	$(BIN)/python -m bench.redis_backend
+
+# How long browsers take to solve the join's proof of work (Chromium).
+bench-pow: $(BENCH_STAMP)
+	$(BIN)/python -m bench.pow_solve
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# System tools the tests drive (nginx, redis, chromium...), installed idempotently.
 test-deps:
 	@scripts/install-test-deps
 

