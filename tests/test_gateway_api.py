@@ -269,7 +269,7 @@ def test_allowed_targets_are_read_from_toml(tmp_path: Path) -> None:
     ("value", "key"),
     [
         ('"https://m.shop.test"', "rooms.sale.allowed_targets"),
-        ("[1]", "rooms.sale.allowed_targets"),
+        ("[1]", "rooms.sale.allowed_targets[0]"),
         ('["https://m.shop.test/path"]', "rooms.sale.allowed_targets[0]"),
         ('["ok.test"]', "rooms.sale.allowed_targets[0]"),
         ('["https://a.test", "javascript:x"]', "rooms.sale.allowed_targets[1]"),

@@ -2,8 +2,9 @@
 
 A :class:`Worker` is what each worker process runs, and also what the only
 process runs when ``workers = 1``; then it carries the :class:`Steward`
-(ticker, reservations, saves) and talks to systemd itself, duties the
-supervisor has otherwise.
+(ticker, reservations, saves), in a thread beside the event loop so that
+its disk writes do not hold up requests, and talks to systemd itself,
+duties the supervisor has otherwise.
 
 On SIGTERM or SIGINT a worker stops accepting, lets in-flight requests
 finish (up to ``shutdown_grace_s``) and returns. On SIGHUP it reloads the
@@ -19,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -90,6 +92,10 @@ class Worker:
             self._handle_admin, config.http, on_rejected=self.metrics.http_error
         )
         self._stop = asyncio.Event()
+        # With one process the steward runs in a thread (_steward_loop);
+        # reloads change it under this lock.
+        self._steward_lock = threading.Lock()
+        self._steward_stop = threading.Event()
 
     @property
     def alone(self) -> bool:
@@ -156,10 +162,11 @@ class Worker:
             config = self._load()
             if self.steward is not None:
                 rooms = effective_rooms(config, self.overrides.load())
-                self.steward.reconfigure(rooms, time.monotonic())
-                self.steward.rooms_source = lambda: effective_rooms(
-                    config, self.overrides.load()
-                )
+                with self._steward_lock:
+                    self.steward.reconfigure(rooms, time.monotonic())
+                    self.steward.rooms_source = lambda: effective_rooms(
+                        config, self.overrides.load()
+                    )
             tokens = self._tokens(config)
             self.rooms = self._rooms(config)
             self.metrics.rooms = self.rooms
@@ -208,8 +215,15 @@ class Worker:
             asyncio.create_task(self._publish_metrics()),
             asyncio.create_task(self._watch_admin_changes()),
         ]
+        steward_thread = None
         if self.steward is not None:
-            tasks.append(asyncio.create_task(self._steward_loop(self.steward)))
+            steward_thread = threading.Thread(
+                target=self._steward_loop,
+                args=(self.steward, loop),
+                name="wr-steward",
+                daemon=True,
+            )
+            steward_thread.start()
             interval = watchdog_interval_s()
             if interval is not None:
                 tasks.append(asyncio.create_task(_watchdog(interval)))
@@ -235,7 +249,9 @@ class Worker:
         await self._wait_drained(grace)
         for task in tasks:
             task.cancel()
-        if self.steward is not None:
+        if self.steward is not None and steward_thread is not None:
+            self._steward_stop.set()
+            steward_thread.join()
             self.steward.final_save()
         self.metrics.publish()
         log.info("stopped")
@@ -279,10 +295,21 @@ class Worker:
             self.metrics.rooms = self.rooms
             self.app.rooms = self.rooms
 
-    async def _steward_loop(self, steward: Steward) -> None:
-        while True:
-            await asyncio.sleep(STEP_INTERVAL_S)
-            steward.step(time.monotonic())
+    def _steward_loop(self, steward: Steward, loop: asyncio.AbstractEventLoop) -> None:
+        # In a thread of its own: each step that hands out positions saves
+        # the state with two fsyncs, and a thread waiting on the disk lets
+        # the event loop go on answering (the GIL is released meanwhile),
+        # as the supervisor's separate process does when there are workers.
+        while not self._steward_stop.wait(STEP_INTERVAL_S):
+            try:
+                with self._steward_lock:
+                    steward.step(time.monotonic())
+            except Exception:
+                # A bug of ours: without a ticker the line would stand still,
+                # so the process stops, as a supervisor would die of it.
+                log.exception("steward failed, stopping")
+                loop.call_soon_threadsafe(self.stop)
+                return
 
     async def _wait_drained(self, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
