@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-burst bench-redis bench-pow test-deps clean
+.PHONY: run test lint format bench bench-burst bench-redis bench-pow bench-metrics test-deps clean
 
 run: $(STAMP)
 	$(BIN)/wr serve
@@ -37,6 +37,10 @@ bench-burst: $(BENCH_STAMP)
 # Two hosts sharing a room through Redis, against the memory backend.
 bench-redis: $(BENCH_STAMP)
 	$(BIN)/python -m bench.redis_backend
+
+# What metrics cost a request, in instructions counted by callgrind.
+bench-metrics: $(BENCH_STAMP)
+	$(BIN)/python -m bench.metrics_cost --instructions
 
 # How long browsers take to solve the join's proof of work (Chromium).
 bench-pow: $(BENCH_STAMP)

@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import time
+from bisect import bisect_left as _bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -161,7 +162,8 @@ class Metrics(Collector):
         self.connections = connections
         self.connection_limit = connection_limit
         self.session_s = session_s
-        self.requests: Counter[tuple[str, int]] = Counter()
+        # Requests by route, then status (see observe).
+        self._statuses: dict[str, Counter[int]] = {}
         self.http_rejected: Counter[tuple[int, str]] = Counter()
         self.tokens_rejected: Counter[tuple[str, str]] = Counter()
         # Proof of work, by room: challenges issued and solutions by outcome.
@@ -176,8 +178,27 @@ class Metrics(Collector):
     # The hot path.
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests[route, status] += 1
-        _observe(self.latency, route, seconds, LATENCY_BUCKETS_S)
+        # Once per request: kept to a few C-level operations, with no
+        # allocation once a route and status have been seen.
+        statuses = self._statuses.get(route)
+        if statuses is None:
+            statuses = self._statuses[route] = Counter()
+            self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+        statuses[status] += 1
+        counts = self.latency[route]
+        counts[_bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        counts[-1] += seconds
+
+    @property
+    def requests(self) -> Counter[tuple[str, int]]:
+        """Requests answered, by route and status."""
+        return Counter(
+            {
+                (route, status): count
+                for route, statuses in self._statuses.items()
+                for status, count in statuses.items()
+            }
+        )
 
     def http_error(self, status: int, error: str) -> None:
         self.http_rejected[status, error] += 1
