@@ -28,14 +28,8 @@ import orjson
 from playwright.sync_api import Page, sync_playwright
 
 from tests.serverproc import WrServer
+from tests.test_page_e2e import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-]
 # Chromium's "mid-tier mobile" preset slows the CPU fourfold.
 PHONE_SLOWDOWN = 4
 # No single solve may take longer than this: the run is bounded in time.

@@ -34,6 +34,8 @@ from tests.test_admin_e2e import admin
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTEFACTS = ROOT / "test-artefacts"
+# Debian's chromium, as Playwright drives it here: root needs no sandbox, and
+# a closed network refuses the connections Chromium makes in the background.
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
