@@ -20,6 +20,7 @@ from wr.hs256 import b64url
 from wr.tokens import (
     KEYS_FILE,
     LEEWAY_S,
+    RANDOM_POOL_BYTES,
     REASONS,
     SECRET_BYTES,
     Claims,
@@ -165,6 +166,29 @@ def test_new_session_ids_are_22_urlsafe_characters() -> None:
     assert len(ids) == 100
     alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     assert all(len(sid) == 22 and set(sid) <= alphabet for sid in ids)
+
+
+def test_session_ids_stay_unique_across_pool_refills() -> None:
+    # Several refills of the random pool: no id comes out twice.
+    count = 3 * RANDOM_POOL_BYTES // 16
+    assert len({new_session_id() for _ in range(count)}) == count
+
+
+def test_a_forked_process_does_not_repeat_its_parents_session_ids() -> None:
+    new_session_id()  # the pool now holds the parent's next ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, ",".join(new_session_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_session_id() for _ in range(8)}
+    assert len(child) == 8
+    assert not child & parent
 
 
 # malformed

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,7 +29,7 @@ from wr.pow import ChallengeError, ProofOfWork, derive_key
 from wr.returnurl import MAX_RETURN_BYTES, safe_return
 from wr.room import Room, next_poll_s
 from wr.static import StaticFiles
-from wr.tokens import Claims, TokenError, Tokens, new_session_id
+from wr.tokens import Claims, TokenError, Tokens, new_session_id, random_bytes
 from wr.waitpage import WaitPage
 
 __all__ = ["ACCESS_COOKIE", "QUEUE_COOKIE", "App"]
@@ -102,7 +101,7 @@ class App:
         # One per process, kept across reloads by the worker, so that the
         # challenges it accepted stay refused (wr.pow).
         self.proof_of_work = proof_of_work or ProofOfWork(
-            pow_key(tokens), rand=secrets.token_bytes
+            pow_key(tokens), rand=random_bytes
         )
         self._save_failing = save_failing
         self._secure = "; Secure" if config.http.secure_cookies else ""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import socket
 import threading
@@ -36,7 +35,7 @@ from wr.state import StateError
 from wr.static import StaticFiles, static_root
 from wr.steward import STEP_INTERVAL_S, Steward
 from wr.systemd import notify, watchdog_interval_s
-from wr.tokens import KeyRing, KeyRingError, Tokens
+from wr.tokens import KeyRing, KeyRingError, Tokens, random_bytes
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "Worker"]
 
@@ -143,7 +142,7 @@ class Worker:
         # challenges it accepted stay refused; only its key follows the ring.
         key = pow_key(tokens)
         if self._proof_of_work is None:
-            self._proof_of_work = ProofOfWork(key, rand=secrets.token_bytes)
+            self._proof_of_work = ProofOfWork(key, rand=random_bytes)
         self._proof_of_work.key = key
         return App(
             config,

@@ -46,6 +46,7 @@ __all__ = [
     "TokenError",
     "Tokens",
     "new_session_id",
+    "random_bytes",
 ]
 
 log = logging.getLogger("wr.tokens")
@@ -104,9 +105,51 @@ class Claims:
     eta: int | None = None
 
 
+# Bytes of a session id: 128 bits, beyond guessing.
+SESSION_ID_BYTES = 16
+# Session ids come from the system's CSPRNG, read this much at a time: one
+# getrandom(2) call per join cost more than signing the join's token.
+RANDOM_POOL_BYTES = 4096
+
+
+class _RandomPool:
+    """Bytes from ``os.urandom``, handed out in order and never twice.
+
+    A forked process starts with an empty pool (``os.register_at_fork``),
+    so no two workers hand out the same bytes. One thread uses it: the
+    event loop's.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def take(self, count: int) -> bytes:
+        if self._offset + count > len(self._buffer):
+            self._buffer = os.urandom(max(RANDOM_POOL_BYTES, count))
+            self._offset = 0
+        start = self._offset
+        self._offset += count
+        return self._buffer[start : self._offset]
+
+    def empty(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+
+_pool = _RandomPool()
+os.register_at_fork(after_in_child=_pool.empty)
+
+
+def random_bytes(count: int) -> bytes:
+    """``count`` bytes from the system's CSPRNG, through the pool."""
+    return _pool.take(count)
+
+
 def new_session_id() -> str:
     """A random 128-bit session id (22 URL-safe characters)."""
-    return secrets.token_urlsafe(16)
+    raw = _pool.take(SESSION_ID_BYTES)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
