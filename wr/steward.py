@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,13 @@ from wr.room import TICK_INTERVAL_S, Room, Ticker
 from wr.shm import SharedBlock
 from wr.state import RoomState, load_state, save_state
 
-__all__ = ["RESERVE_AHEAD_S", "RESERVE_MIN", "STEP_INTERVAL_S", "Steward"]
+__all__ = [
+    "RESERVE_AHEAD_S",
+    "RESERVE_MIN",
+    "STEP_INTERVAL_S",
+    "Steward",
+    "prequeue_of",
+]
 
 log = logging.getLogger("wr.ticker")
 
@@ -335,10 +341,14 @@ def _prequeue(room: Room) -> Prequeue | None:
     would take many crashes before one opening; the positions of the
     smaller ones are then drawn with the rest, and each costs an admission.
     """
-    end = room.next_position - 1
+    return prequeue_of(room.next_position - 1, room.skips)
+
+
+def prequeue_of(end: int, skips: Sequence[tuple[int, int]]) -> Prequeue | None:
+    """A fresh draw for positions ``1..end`` less the largest of ``skips``."""
     if end <= 0:
         return None
-    gaps = [(first, min(stop, end + 1)) for first, stop in room.skips if first <= end]
+    gaps = [(first, min(stop, end + 1)) for first, stop in skips if first <= end]
     gaps = sorted(sorted(gaps, key=lambda gap: gap[0] - gap[1])[:MAX_GAPS])
     held = end - sum(stop - first for first, stop in gaps)
     return Prequeue(Draw.new(held), tuple(gaps))
