@@ -23,7 +23,17 @@ do, so a request never waits on the network:
   counters, so a new leader starts with the old one's history;
 - **room changes** made through any host's admin API are written to Redis
   with a version; other hosts copy them into their own overrides file and
-  reload, as the memory backend does for its own workers.
+  reload, as the memory backend does for its own workers;
+- **capacity mode**: each host writes its count of people inside per
+  time bucket (:data:`INSIDE_SCRIPT`, one field per bucket and host) and
+  appends the ranks newly claimed and left to the room's event stream;
+  the leader decides with the cluster's sum, every host sets the claim
+  bits of claims made elsewhere, and the host that counted a claim frees
+  the place when a leave for it arrives anywhere, once;
+- **pre-queues**: at the opening the first host closes the pre-queue
+  (:data:`CLOSE_SCRIPT`), every host gives back what it holds below its
+  end as skips, and ``redis.draw_grace_s`` later the leader stores one
+  draw (:data:`DRAW_SCRIPT`, fenced) that every host opens with.
 
 When Redis cannot be reached, the rooms are marked *stale*: status answers
 go on from the last ``serving`` read, flagged ``"stale": true``; joins get
@@ -39,9 +49,15 @@ without spending admissions, as the memory backend does after a crash.
 Known limits: positions held by a host that dies, or taken in a reply lost
 to a timeout, are spent by the ticker like any other position (at most
 ``2 * block`` admissions per death); with ``workers = 1`` the calls run
-on the serving loop itself, bounded by ``redis.timeout_s``.
-Capacity mode and pre-queues keep per-host state and are refused with this
-backend.
+on the serving loop itself, bounded by ``redis.timeout_s``. Claims and
+leaves on other hosts reach the leader's capacity count a step or two
+late: an admission of the last ``CLAIM_GRACE_S`` counts as expected
+meanwhile, but a later claim can let one person too many in for that
+long; a host that misses more than ``redis.events_kept`` events frees the places
+concerned at the end of their session; a bypass admission's leave counts
+only on the host that admitted it; positions a host still held below a
+pre-queue's end when the draw was made are drawn and cost an admission
+each.
 """
 
 from __future__ import annotations
@@ -97,7 +113,8 @@ EVENTS_READ = 1000
 
 # Each host numbers its bypass admissions within a range of 2**40 (a
 # trillion admissions), so numbers never meet across hosts; access tokens
-# carry them negated, well inside JSON's exact integers for 2**12 hosts.
+# carry them negated, exact as JSON doubles for the first 2**12 host starts
+# (the ranges are counted in Redis) and as Python integers beyond.
 BYPASS_RANGE_BITS = 40
 
 # Takes the lease if it is free (raising the fencing counter), renews it if
