@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import test_redisbackend
 from tests.redisproc import RedisServer
 from tests.serverproc import wait_for
 from wr.cluster import draw_document
 from wr.config import RedisConfig, RoomConfig
 from wr.draw import Draw, Prequeue
 from wr.redisbackend import BYPASS_RANGE_BITS, InsidePush, RedisSteward, RedisStore
-from wr.room import CLAIM_WINDOW, Room
+from wr.room import CLAIM_WINDOW
 from wr.shm import INSIDE_BUCKET_S, SharedBlock
 
 DEADLINE_S = 30.0
@@ -33,26 +33,20 @@ START = 1_700_000_005.0
 OPENS_AT = "2027-01-15T08:00:00+00:00"
 
 
+# The store's other tests' fixtures: one Redis per module, emptied per test.
+server = test_redisbackend.server
+url = test_redisbackend.url
+join = test_redisbackend.join
+room = test_redisbackend.room
+step = test_redisbackend.step
+
+
 class Wall:
     def __init__(self, at: float = START) -> None:
         self.at = at
 
     def __call__(self) -> float:
         return self.at
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    store = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield store
-    store.stop()
-
-
-@pytest.fixture
-def url(server: RedisServer) -> str:
-    with server.client() as client:
-        client.flushdb()
-    return server.url
 
 
 def steward(
@@ -72,15 +66,6 @@ def steward(
     )
 
 
-def room(of: RedisSteward) -> Room:
-    return of.rooms["default"]
-
-
-def step(*stewards: RedisSteward) -> None:
-    for one in stewards:
-        one.step(time.monotonic())
-
-
 def until(what: str, condition: object, *stewards: RedisSteward) -> None:
     assert callable(condition)
 
@@ -89,16 +74,6 @@ def until(what: str, condition: object, *stewards: RedisSteward) -> None:
         return bool(condition())
 
     wait_for(check, DEADLINE_S, what)
-
-
-def join(of: RedisSteward) -> int:
-    def joined() -> int | None:
-        position = room(of).join()
-        if position is None:
-            step(of)
-        return position
-
-    return wait_for(joined, DEADLINE_S, "a position")
 
 
 # Capacity mode.

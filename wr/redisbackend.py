@@ -88,11 +88,10 @@ from wr.cluster import (
     new_slots,
 )
 from wr.config import Config, RedisConfig, RoomConfig
-from wr.draw import Prequeue
 from wr.room import CLAIM_WINDOW, TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import RoomState
-from wr.steward import RATE_WINDOW_S, Steward, prequeue_of
+from wr.steward import RATE_WINDOW_S, Steward, open_room, prequeue_of
 
 __all__ = [
     "LEASE_SCRIPT",
@@ -751,7 +750,7 @@ class RedisSteward(Steward):
             if room.opened or shared is None:
                 continue
             if shared.draw is not None:
-                self._open(room, draw_of(shared.draw))
+                open_room(room, draw_of(shared.draw))
                 continue
             end = shared.prequeue_end
             if end is None:
@@ -771,18 +770,7 @@ class RedisSteward(Steward):
             document = draw_document(prequeue_of(end, skips))
             stored = self.store.store_draw(self.lease.token, name, document, end)
             if stored is not None:
-                self._open(room, draw_of(stored))
-
-    def _open(self, room: Room, prequeue: Prequeue | None) -> None:
-        # Skips below the end are in the draw's gaps, or drawn.
-        room.open(prequeue)
-        log.info(
-            "room opened room=%s prequeue=%s gaps=%s seed=%s",
-            room.name,
-            prequeue.draw.size if prequeue else 0,
-            len(prequeue.gaps) if prequeue else 0,
-            prequeue.draw.seed_hex if prequeue else "-",
-        )
+                open_room(room, draw_of(stored))
 
     def _claims_to_push(self) -> dict[str, int]:
         return {

@@ -47,6 +47,7 @@ __all__ = [
     "RESERVE_MIN",
     "STEP_INTERVAL_S",
     "Steward",
+    "open_room",
     "prequeue_of",
 ]
 
@@ -203,14 +204,7 @@ class Steward:
         ):
             self._save(plan, reservations, openings)
         for room, prequeue in openings.items():
-            room.open(prequeue)
-            log.info(
-                "room opened room=%s prequeue=%s gaps=%s seed=%s",
-                room.name,
-                prequeue.draw.size if prequeue else 0,
-                len(prequeue.gaps) if prequeue else 0,
-                prequeue.draw.seed_hex if prequeue else "-",
-            )
+            open_room(room, prequeue)
         wall = self._wall()
         for room, count in plan.items():
             room.admit(count, wall)
@@ -293,6 +287,18 @@ class Steward:
         for room in self.rooms.values():
             room.reserved = room.next_position
         self._save({}, {})
+
+
+def open_room(room: Room, prequeue: Prequeue | None) -> None:
+    """Open ``room`` with the draw of its pre-queue, and say so in the log."""
+    room.open(prequeue)
+    log.info(
+        "room opened room=%s prequeue=%s gaps=%s seed=%s",
+        room.name,
+        prequeue.draw.size if prequeue else 0,
+        len(prequeue.gaps) if prequeue else 0,
+        prequeue.draw.seed_hex if prequeue else "-",
+    )
 
 
 def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
