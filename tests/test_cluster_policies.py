@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wr.cluster import changed_buckets, draw_document, draw_of, new_slots
 from wr.config import RoomConfig
@@ -140,3 +142,19 @@ def test_the_rank_of_a_slot_is_the_one_within_the_claim_window() -> None:
     room.admit(CLAIM_WINDOW + 10)
     assert room.rank_of_slot(5) == CLAIM_WINDOW + 5
     assert room.rank_of_slot(20) == 20
+
+
+@given(
+    st.binary(min_size=16, max_size=16).flatmap(
+        lambda now: st.tuples(st.just(now), st.binary(min_size=16, max_size=16))
+    )
+)
+def test_new_slots_match_a_bit_by_bit_reading(rings: tuple[bytes, bytes]) -> None:
+    current, previous = rings
+    expected = [
+        slot
+        for slot in range(8 * len(current))
+        if current[slot >> 3] >> (slot & 7) & 1
+        and not previous[slot >> 3] >> (slot & 7) & 1
+    ]
+    assert new_slots(current, previous) == expected

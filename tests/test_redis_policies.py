@@ -286,3 +286,16 @@ def test_the_prequeue_closes_once_at_the_first_host_to_look(
     with server.client() as client:
         client.set("wr:room:default:next", 20)
     assert store.close_prequeue("default") == 12
+
+
+def test_the_event_stream_stays_bounded(url: str, server: RedisServer) -> None:
+    settings = dataclasses.replace(SETTINGS, events_kept=100)
+    store = RedisStore(url, settings, holder="x")
+    for rank in range(1, 1001):
+        push = InsidePush(
+            oldest=0, buckets={}, own=0, claims=(rank,), leaves=(), after=b"0"
+        )
+        store.sync({"default": 0}, {"default": 0}, 600, {"default": push})
+    with server.client() as client:
+        # Trimmed by whole nodes of the stream: about the number asked.
+        assert client.xlen("wr:room:default:events") < 300
