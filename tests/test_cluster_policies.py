@@ -158,3 +158,12 @@ def test_new_slots_match_a_bit_by_bit_reading(rings: tuple[bytes, bytes]) -> Non
         and not previous[slot >> 3] >> (slot & 7) & 1
     ]
     assert new_slots(current, previous) == expected
+
+
+def test_a_snapshot_shows_each_claim_bit_with_its_count_inside() -> None:
+    room = admitted_room()
+    assert room.claim(3, NOW)
+    claims, leaves, buckets = room.inside_snapshot(NOW, SESSION_S)
+    assert new_slots(claims, bytes(len(claims))) == [3]
+    assert not any(leaves)
+    assert sum(buckets.values()) == 1

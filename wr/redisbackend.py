@@ -633,12 +633,15 @@ class RedisSteward(Steward):
         own = {name: self._own_claims.get(name, 0) + d for name, d in pushed.items()}
         serving = {name: room.serving for name, room in self.rooms.items()}
         wall = self._wall()
-        rings = {
-            name: room.ring_bits()
+        snapshots = {
+            name: room.inside_snapshot(wall, self._session_s(room))
             for name, room in self.rooms.items()
             if room.config.max_active is not None
         }
-        inside = {name: self._inside_push(name, rings[name], wall) for name in rings}
+        inside = {name: self._inside_push(name, *snapshots[name]) for name in snapshots}
+        rings = {
+            name: (claims, leaves) for name, (claims, leaves, _) in snapshots.items()
+        }
         reading = self.store.sync(own, serving, self.settings.lease_ms, inside)
         self._own_claims.update(own)
         self._share_inside(reading, rings, inside)
@@ -669,18 +672,16 @@ class RedisSteward(Steward):
         self._fetch_blocks()
 
     def _inside_push(
-        self, name: str, rings: tuple[bytes, bytes], wall: float
+        self, name: str, claimed: bytes, left: bytes, buckets: dict[int, int]
     ) -> InsidePush:
         room = self.rooms[name]
-        session_s = self._session_s(room)
-        buckets = room.inside_buckets(wall, session_s)
         before = self._rings.get(name)
         if before is None:
-            # A room new to this host: its rings are fresh, all news.
-            before = (bytes(len(rings[0])), bytes(len(rings[1])))
+            # A room new to this host: every bit set is news.
+            before = (bytes(len(claimed)), bytes(len(left)))
         claims, leaves = (
             [room.rank_of_slot(slot) for slot in new_slots(now, then)]
-            for now, then in zip(rings, before, strict=True)
+            for now, then in zip((claimed, left), before, strict=True)
         )
         return InsidePush(
             oldest=min(buckets),

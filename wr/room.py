@@ -550,17 +550,18 @@ class Room:
 
         ``waited_s`` (from joining to now) feeds the wait-time histogram.
         """
-        if not self._set_bit(self._claims, position):
-            return False
         counters = self._counters
         bucket = bisect.bisect_left(WAIT_BUCKETS_S, waited_s)
         inside = int(now) // INSIDE_BUCKET_S
+        rank = self.rank(position)
+        # The bit and the count inside change together: a copy of both
+        # (inside_snapshot) never shows a claim without its count.
         with self._lock:
+            if not self._flip_bit(self._claims, rank):
+                return False
             counters.claimed += 1
             self._inside[inside % INSIDE_BUCKETS] += 1
-            self._claimed_at[self.rank(position) % CLAIM_WINDOW] = (
-                inside % CLAIMED_AT_MODULUS + 1
-            )
+            self._claimed_at[rank % CLAIM_WINDOW] = inside % CLAIMED_AT_MODULUS + 1
             counters.wait_buckets[bucket] += 1
             counters.wait_sum += waited_s
         return True
@@ -681,10 +682,17 @@ class Room:
         """Set the claim bit of ``rank`` for a claim another host counted."""
         return self._set_rank_bit(self._claims, rank)
 
-    def ring_bits(self) -> tuple[bytes, bytes]:
-        """Copies of the claim and leave rings (the redis backend's steward)."""
+    def inside_snapshot(
+        self, now: float, session_s: float
+    ) -> tuple[bytes, bytes, dict[int, int]]:
+        """Copies of the claim and leave rings and :meth:`inside_buckets`.
+
+        Taken at one moment (the redis backend's steward), so every claim
+        bit in the copy is counted in the buckets.
+        """
         with self._lock:
-            return bytes(self._claims), bytes(self._leaves)
+            rings = bytes(self._claims), bytes(self._leaves)
+            return *rings, self.inside_buckets(now, session_s)
 
     def number_bypasses_from(self, first: int) -> bool:
         """Number this host's bypass admissions from ``first`` on, if none yet.
@@ -782,15 +790,19 @@ class Room:
         return self._set_rank_bit(ring, self.rank(position))
 
     def _set_rank_bit(self, ring: memoryview, rank: int) -> bool:
+        with self._lock:
+            return self._flip_bit(ring, rank)
+
+    def _flip_bit(self, ring: memoryview, rank: int) -> bool:
+        """Set the bit of ``rank`` if it is clear (the caller holds the lock)."""
         serving = self.serving
         if not self.opened or rank > serving or rank <= serving - CLAIM_WINDOW:
             return False
         slot = rank % CLAIM_WINDOW
         byte, bit = slot >> 3, 1 << (slot & 7)
-        with self._lock:
-            if ring[byte] & bit:
-                return False
-            ring[byte] |= bit
+        if ring[byte] & bit:
+            return False
+        ring[byte] |= bit
         return True
 
     def _forget_claims(self, first: int, last: int) -> None:
