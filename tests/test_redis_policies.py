@@ -15,7 +15,7 @@ from wr.cluster import draw_document
 from wr.config import RedisConfig, RoomConfig
 from wr.draw import Draw, Prequeue
 from wr.redisbackend import BYPASS_RANGE_BITS, InsidePush, RedisSteward, RedisStore
-from wr.room import CLAIM_WINDOW
+from wr.room import CLAIM_WINDOW, Room
 from wr.shm import INSIDE_BUCKET_S, SharedBlock
 
 DEADLINE_S = 30.0
@@ -106,6 +106,10 @@ def test_people_inside_are_counted_across_hosts(
     until("three inside", lambda: inside(a, wall) == inside(b, wall) == 3, a, b)
     # The leader's decision sees the cluster: 10 places, 3 taken.
     assert a.policies["default"].free_capacity(wall()) == 7
+    # So do the workers of every host (their /metrics), through the slot.
+    slot = a.block.find("default")
+    assert slot is not None
+    assert Room(CAPACITY, slot).active(wall(), SESSION_S) == 3
 
 
 def test_a_claim_seen_on_one_host_is_not_counted_again_on_another(

@@ -120,9 +120,6 @@ class Room:
         # ticks); only the ticker's process uses it.
         self._credit = 0.0
         self._skips: list[tuple[int, int]] = []
-        # People inside counted by other hosts (the redis backend's steward
-        # sets it from the store, for the leader's capacity decision).
-        self.others_inside = 0
 
     @property
     def next_position(self) -> int:
@@ -234,6 +231,19 @@ class Room:
         """People inside (capacity mode): claimed within the session, not left."""
         local = sum(self.inside_buckets(now, session_s).values())
         return local + self.others_inside
+
+    @property
+    def others_inside(self) -> int:
+        """People inside counted by the cluster's other hosts (the redis backend).
+
+        The steward sets it from the store each step, for the leader's
+        capacity decision and every worker's ``/metrics``.
+        """
+        return int(self._counters.others_inside)
+
+    @others_inside.setter
+    def others_inside(self, count: int) -> None:
+        self._counters.others_inside = count
 
     def inside_buckets(self, now: float, session_s: float) -> dict[int, int]:
         """This host's count inside per bucket number, over the session."""
