@@ -1,4 +1,4 @@
-"""The redis backend's configuration: the URL, the [redis] section, refusals."""
+"""The redis backend's configuration: the URL and the [redis] section."""
 
 from __future__ import annotations
 
@@ -83,19 +83,36 @@ def test_a_bad_redis_setting_is_one_line_naming_the_key(
 
 
 @pytest.mark.parametrize(
-    ("setting", "key"),
+    ("setting", "key", "value"),
     [
-        ("max_active = 100", "rooms.sale.max_active"),
-        ('opens_at = "2030-01-01T10:00:00+00:00"', "rooms.sale.opens_at"),
+        ("max_active = 100", "max_active", 100),
+        ("session_minutes = 5", "session_minutes", 5),
+        (
+            'opens_at = "2030-01-01T10:00:00+00:00"',
+            "opens_at",
+            "2030-01-01T10:00:00+00:00",
+        ),
     ],
 )
-def test_per_host_room_features_are_refused_with_redis(
-    tmp_path: Path, setting: str, key: str
+def test_capacity_and_prequeues_are_accepted_with_redis(
+    tmp_path: Path, setting: str, key: str, value: object
 ) -> None:
     text = f'[server]\nbackend = "redis://127.0.0.1:6379/0"\n[rooms.sale]\n{setting}\n'
-    error = error_of(tmp_path, text)
-    assert_one_line(error, key)
-    assert "redis backend" in error.problem
+    assert getattr(load_text(tmp_path, text).rooms["sale"], key) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("draw_grace_s = 0", "redis.draw_grace_s"),
+        ("draw_grace_s = 61", "redis.draw_grace_s"),
+        ("events_kept = 99", "redis.events_kept"),
+    ],
+)
+def test_bad_cluster_policy_settings_name_their_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    assert_one_line(error_of(tmp_path, f"[redis]\n{text}\n"), key)
 
 
 def test_the_same_features_are_fine_with_memory(tmp_path: Path) -> None:
@@ -110,7 +127,7 @@ def test_wr_serve_with_a_bad_backend_exits_2_with_one_line(tmp_path: Path) -> No
     assert "wr: config: server.backend: needs a host" in output
 
 
-def test_the_admin_api_refuses_them_too_with_redis(tmp_path: Path) -> None:
+def test_the_admin_api_accepts_them_with_redis(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     prepare_state_dir(state_dir)
     text = (
@@ -131,7 +148,8 @@ def test_the_admin_api_refuses_them_too_with_redis(tmp_path: Path) -> None:
         orjson.dumps({"max_active": 10}),
     )
     response = admin.handle(request)
-    assert response.status == 400
-    detail = orjson.loads(response.body)["detail"]
-    assert detail.startswith("max_active: capacity mode is not available")
-    assert OverridesStore(state_dir).load() == {}
+    assert response.status == 200
+    assert orjson.loads(response.body)["max_active"] == 10
+    stored = OverridesStore(state_dir).load()["shop"]
+    assert stored is not None
+    assert stored["max_active"] == 10

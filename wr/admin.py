@@ -38,7 +38,6 @@ from wr.config import (
     Config,
     ConfigError,
     RoomConfig,
-    refuse_for_redis,
     room_from_table,
 )
 from wr.http import Request, Response, error_response
@@ -273,8 +272,6 @@ class AdminApp:
             change = {**base, **change}
         try:
             room = room_from_table(name, change)
-            if self.config.server.redis_url is not None:
-                refuse_for_redis(room)
         except ConfigError as exc:
             return _error(400, "invalid", f"{exc.key}: {exc.problem}")
         if name not in current:

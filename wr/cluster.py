@@ -11,7 +11,11 @@ without a socket lives here and is tested with an injected clock:
 - :func:`fence_allows` and :func:`raised`: the checks the store's script
   makes before it moves ``serving`` (the script mirrors them);
 - :class:`Backoff`: when to try a store that stopped answering;
-- :func:`fairness_bound`: how far a person can be overtaken.
+- :func:`fairness_bound`: how far a person can be overtaken;
+- :func:`new_slots` and :func:`changed_buckets`: what a host has to tell
+  the others about the people inside (capacity mode);
+- :func:`draw_document` and :func:`draw_of`: the pre-queue's draw as it is
+  stored once for the whole cluster.
 
 **Fairness.** Within one host positions are handed out in order. Across
 hosts they are not quite: a host holds the rest of the block it hands out
@@ -30,7 +34,12 @@ contiguous positions in arrival order.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
+
+from wr.draw import Draw, Prequeue
 
 __all__ = [
     "BLOCKS_HELD",
@@ -39,8 +48,12 @@ __all__ = [
     "BlockSizer",
     "Lease",
     "block_size",
+    "changed_buckets",
+    "draw_document",
+    "draw_of",
     "fairness_bound",
     "fence_allows",
+    "new_slots",
     "raised",
 ]
 
@@ -172,3 +185,82 @@ class Backoff:
         self.delay_s = 0.0
         self.next_at = 0.0
         return recovered
+
+
+def new_slots(current: bytes, previous: bytes) -> list[int]:
+    """Bits set in ``current`` and not in ``previous`` (low bit first per byte).
+
+    A ring of claim or leave bits is compared with its copy from the last
+    step; bits cleared since (slots reused for new ranks) are not news.
+    """
+    slots = []
+    for index in _changed_bytes(current, previous):
+        fresh = current[index] & ~previous[index]
+        while fresh:
+            low = fresh & -fresh
+            slots.append(8 * index + low.bit_length() - 1)
+            fresh ^= low
+    return slots
+
+
+# Rings are compared in chunks of this many bytes: most chunks are equal,
+# and an equal chunk costs one memcmp.
+_CHUNK = 4096
+
+
+def _changed_bytes(current: bytes, previous: bytes) -> list[int]:
+    changed = []
+    for start in range(0, len(current), _CHUNK):
+        stop = start + _CHUNK
+        if current[start:stop] != previous[start:stop]:
+            changed += [
+                i
+                for i in range(start, min(stop, len(current)))
+                if current[i] & ~previous[i]
+            ]
+    return changed
+
+
+def changed_buckets(
+    buckets: Mapping[int, int], pushed: Mapping[int, int]
+) -> dict[int, int]:
+    """The bucket counts to write: new or changed since the last push.
+
+    A bucket that was pushed and now reads 0 (everyone left) is written as
+    0, which removes it; buckets that left the window are not written (the
+    store drops them by age).
+    """
+    return {
+        bucket: count
+        for bucket, count in buckets.items()
+        if count != pushed.get(bucket, 0)
+    }
+
+
+def draw_document(prequeue: Prequeue | None) -> bytes:
+    """The draw as stored in Redis: seed (hex), size and gaps."""
+    if prequeue is None:
+        return orjson.dumps({"seed": "", "size": 0, "gaps": []})
+    return orjson.dumps(
+        {
+            "seed": prequeue.draw.seed_hex,
+            "size": prequeue.draw.size,
+            "gaps": [list(gap) for gap in prequeue.gaps],
+        }
+    )
+
+
+def draw_of(document: bytes) -> Prequeue | None:
+    """The pre-queue a stored draw describes (None: nobody to draw).
+
+    Raises ValueError for a document that is not one of ours.
+    """
+    try:
+        fields = orjson.loads(document)
+        size = int(fields["size"])
+        if size <= 0:
+            return None
+        gaps = tuple((int(first), int(stop)) for first, stop in fields["gaps"])
+        return Prequeue(Draw(seed=bytes.fromhex(fields["seed"]), size=size), gaps)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"stored draw is not readable: {exc}") from None

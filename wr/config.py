@@ -180,6 +180,15 @@ class RedisConfig:
     # second.
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
+    # At a pre-queue's opening every host gives back the positions it holds
+    # below the line's end; the leader draws this long after the opening,
+    # so that those come out of the draw instead of costing an admission.
+    draw_grace_s: float = 1.0
+    # Claims and leaves of capacity rooms pass between hosts in a stream of
+    # about this many entries (one per host and step with news): a host
+    # out of touch for longer misses some, and the places they concern
+    # are freed at the end of their session instead.
+    events_kept: int = 100_000
 
     def check(self, key: str) -> None:
         _require(bool(self.key_prefix), f"{key}.key_prefix", "must not be empty")
@@ -206,6 +215,10 @@ class RedisConfig:
             f"{key}.reconnect_max_s",
             "must be >= redis.reconnect_min_s",
         )
+        _require(
+            0 < self.draw_grace_s <= 60, f"{key}.draw_grace_s", "must be in (0, 60]"
+        )
+        _require(self.events_kept >= 100, f"{key}.events_kept", "must be >= 100")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -555,26 +568,7 @@ def _build(data: dict[str, Any]) -> Config:
             raise ConfigError(f"{key}.name", "unknown key")
         rooms[name] = _section(RoomConfig, {**table, "name": name}, key)
 
-    config = Config(rooms=types.MappingProxyType(rooms), **sections)
-    if config.server.redis_url is not None:
-        for name, room in rooms.items():
-            refuse_for_redis(room, f"rooms.{name}.")
-    return config
-
-
-# Room keys whose state is still kept per host, so a cluster sharing the
-# room through Redis would get them wrong.
-_NOT_WITH_REDIS = {
-    "max_active": "capacity mode is not available with a redis backend",
-    "opens_at": "a pre-queue is not available with a redis backend",
-}
-
-
-def refuse_for_redis(room: RoomConfig, prefix: str = "") -> None:
-    """Refuse a room setting that the redis backend does not share yet."""
-    for key, why in _NOT_WITH_REDIS.items():
-        if getattr(room, key) != getattr(RoomConfig(), key):
-            raise ConfigError(f"{prefix}{key}", why)
+    return Config(rooms=types.MappingProxyType(rooms), **sections)
 
 
 def room_from_table(name: str, table: Mapping[str, Any]) -> RoomConfig:

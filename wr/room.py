@@ -229,10 +229,31 @@ class Room:
 
     def active(self, now: float, session_s: float) -> int:
         """People inside (capacity mode): claimed within the session, not left."""
+        local = sum(self.inside_buckets(now, session_s).values())
+        return local + self.others_inside
+
+    @property
+    def others_inside(self) -> int:
+        """People inside counted by the cluster's other hosts (the redis backend).
+
+        The steward sets it from the store each step, for the leader's
+        capacity decision and every worker's ``/metrics``.
+        """
+        return int(self._counters.others_inside)
+
+    @others_inside.setter
+    def others_inside(self, count: int) -> None:
+        self._counters.others_inside = count
+
+    def inside_buckets(self, now: float, session_s: float) -> dict[int, int]:
+        """This host's count inside per bucket number, over the session."""
         newest = int(now) // INSIDE_BUCKET_S
         buckets = min(INSIDE_BUCKETS - 1, math.ceil(session_s / INSIDE_BUCKET_S))
         inside = self._inside
-        return sum(inside[(newest - i) % INSIDE_BUCKETS] for i in range(buckets + 1))
+        return {
+            newest - i: int(inside[(newest - i) % INSIDE_BUCKETS])
+            for i in range(buckets + 1)
+        }
 
     def clear_next_bucket(self, now: float) -> None:
         """Empty the bucket the next seconds will use (the ticker, each tick)."""
@@ -539,17 +560,18 @@ class Room:
 
         ``waited_s`` (from joining to now) feeds the wait-time histogram.
         """
-        if not self._set_bit(self._claims, position):
-            return False
         counters = self._counters
         bucket = bisect.bisect_left(WAIT_BUCKETS_S, waited_s)
         inside = int(now) // INSIDE_BUCKET_S
+        rank = self.rank(position)
+        # The bit and the count inside change together: a copy of both
+        # (inside_snapshot) never shows a claim without its count.
         with self._lock:
+            if not self._flip_bit(self._claims, rank):
+                return False
             counters.claimed += 1
             self._inside[inside % INSIDE_BUCKETS] += 1
-            self._claimed_at[self.rank(position) % CLAIM_WINDOW] = (
-                inside % CLAIMED_AT_MODULUS + 1
-            )
+            self._claimed_at[rank % CLAIM_WINDOW] = inside % CLAIMED_AT_MODULUS + 1
             counters.wait_buckets[bucket] += 1
             counters.wait_sum += waited_s
         return True
@@ -613,7 +635,9 @@ class Room:
 
     def claimed_at(self, position: int, now: float) -> float | None:
         """When ``position`` claimed its turn (to the bucket); None if unknown."""
-        rank = self.rank(position)
+        return self._claimed_at_rank(self.rank(position), now)
+
+    def _claimed_at_rank(self, rank: int, now: float) -> float | None:
         serving = self.serving
         if rank > serving or rank <= serving - CLAIM_WINDOW:
             return None
@@ -639,14 +663,63 @@ class Room:
             return self._leave_bypass(-position, issued_at, now, session_s)
         if position == 0 or not self.opened:
             return False
-        admitted_at = self.claimed_at(position, now)
-        if admitted_at is None or now - admitted_at >= session_s:
+        return self.leave_rank(self.rank(position), now, session_s)
+
+    def leave_rank(self, rank: int, now: float, session_s: float) -> bool:
+        """:meth:`leave` for the place ``rank`` in the admission order.
+
+        In a cluster (the redis backend) a leave for a claim another host
+        saw still sets the leave bit: the steward publishes it, and the
+        host that saw the claim frees the place (:mod:`wr.redisbackend`).
+        """
+        admitted_at = self._claimed_at_rank(rank, now)
+        if admitted_at is None:
+            return self.in_cluster and self._set_rank_bit(self._leaves, rank)
+        if now - admitted_at >= session_s:
             return False
-        if not self._set_bit(self._leaves, position):
+        if not self._set_rank_bit(self._leaves, rank):
             return False
         with self._lock:
             self._inside[int(admitted_at) // INSIDE_BUCKET_S % INSIDE_BUCKETS] -= 1
         return True
+
+    @property
+    def in_cluster(self) -> bool:
+        """True when the room is shared with other hosts through Redis."""
+        return int(self._counters.cluster_next) > 0
+
+    def mark_claimed(self, rank: int) -> bool:
+        """Set the claim bit of ``rank`` for a claim another host counted."""
+        return self._set_rank_bit(self._claims, rank)
+
+    def inside_snapshot(
+        self, now: float, session_s: float
+    ) -> tuple[bytes, bytes, dict[int, int]]:
+        """Copies of the claim and leave rings and :meth:`inside_buckets`.
+
+        Taken at one moment (the redis backend's steward), so every claim
+        bit in the copy is counted in the buckets.
+        """
+        with self._lock:
+            rings = bytes(self._claims), bytes(self._leaves)
+            return *rings, self.inside_buckets(now, session_s)
+
+    def number_bypasses_from(self, first: int) -> bool:
+        """Number this host's bypass admissions from ``first`` on, if none yet.
+
+        Hosts of a cluster take disjoint ranges, so that a bypass leave
+        sent to another host finds no admission of its own to free there.
+        """
+        with self._lock:
+            if int(self._counters.bypassed):
+                return False
+            self._counters.bypassed = first
+        return True
+
+    def rank_of_slot(self, slot: int) -> int:
+        """The rank within the claim window whose bit is ``slot``."""
+        serving = self.serving
+        return serving - (serving - slot) % CLAIM_WINDOW
 
     def _leave_bypass(
         self, number: int, admitted_at: float, now: float, session_s: float
@@ -724,16 +797,22 @@ class Room:
 
     def _set_bit(self, ring: memoryview, position: int) -> bool:
         # Bits are kept by admission rank, the order serving follows.
-        rank = self.rank(position)
+        return self._set_rank_bit(ring, self.rank(position))
+
+    def _set_rank_bit(self, ring: memoryview, rank: int) -> bool:
+        with self._lock:
+            return self._flip_bit(ring, rank)
+
+    def _flip_bit(self, ring: memoryview, rank: int) -> bool:
+        """Set the bit of ``rank`` if it is clear (the caller holds the lock)."""
         serving = self.serving
         if not self.opened or rank > serving or rank <= serving - CLAIM_WINDOW:
             return False
         slot = rank % CLAIM_WINDOW
         byte, bit = slot >> 3, 1 << (slot & 7)
-        with self._lock:
-            if ring[byte] & bit:
-                return False
-            ring[byte] |= bit
+        if ring[byte] & bit:
+            return False
+        ring[byte] |= bit
         return True
 
     def _forget_claims(self, first: int, last: int) -> None:

@@ -176,6 +176,8 @@ class RoomCounters(ctypes.Structure):
         ("joins_held", ctypes.c_int64),
         # Joins that found no position left (the steward grows blocks).
         ("joins_refused", ctypes.c_int64),
+        # Capacity mode: people inside counted by the cluster's other hosts.
+        ("others_inside", ctypes.c_int64),
         ("name", ctypes.c_char * NAME_BYTES),
     )
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,14 @@ from wr.room import TICK_INTERVAL_S, Room, Ticker
 from wr.shm import SharedBlock
 from wr.state import RoomState, load_state, save_state
 
-__all__ = ["RESERVE_AHEAD_S", "RESERVE_MIN", "STEP_INTERVAL_S", "Steward"]
+__all__ = [
+    "RESERVE_AHEAD_S",
+    "RESERVE_MIN",
+    "STEP_INTERVAL_S",
+    "Steward",
+    "open_room",
+    "prequeue_of",
+]
 
 log = logging.getLogger("wr.ticker")
 
@@ -197,14 +204,7 @@ class Steward:
         ):
             self._save(plan, reservations, openings)
         for room, prequeue in openings.items():
-            room.open(prequeue)
-            log.info(
-                "room opened room=%s prequeue=%s gaps=%s seed=%s",
-                room.name,
-                prequeue.draw.size if prequeue else 0,
-                len(prequeue.gaps) if prequeue else 0,
-                prequeue.draw.seed_hex if prequeue else "-",
-            )
+            open_room(room, prequeue)
         wall = self._wall()
         for room, count in plan.items():
             room.admit(count, wall)
@@ -289,6 +289,18 @@ class Steward:
         self._save({}, {})
 
 
+def open_room(room: Room, prequeue: Prequeue | None) -> None:
+    """Open ``room`` with the draw of its pre-queue, and say so in the log."""
+    room.open(prequeue)
+    log.info(
+        "room opened room=%s prequeue=%s gaps=%s seed=%s",
+        room.name,
+        prequeue.draw.size if prequeue else 0,
+        len(prequeue.gaps) if prequeue else 0,
+        prequeue.draw.seed_hex if prequeue else "-",
+    )
+
+
 def _snapshot(room: Room, reserved: int, admitting: int) -> RoomState:
     issued = room.next_position
     return RoomState(
@@ -335,10 +347,14 @@ def _prequeue(room: Room) -> Prequeue | None:
     would take many crashes before one opening; the positions of the
     smaller ones are then drawn with the rest, and each costs an admission.
     """
-    end = room.next_position - 1
+    return prequeue_of(room.next_position - 1, room.skips)
+
+
+def prequeue_of(end: int, skips: Sequence[tuple[int, int]]) -> Prequeue | None:
+    """A fresh draw for positions ``1..end`` less the largest of ``skips``."""
     if end <= 0:
         return None
-    gaps = [(first, min(stop, end + 1)) for first, stop in room.skips if first <= end]
+    gaps = [(first, min(stop, end + 1)) for first, stop in skips if first <= end]
     gaps = sorted(sorted(gaps, key=lambda gap: gap[0] - gap[1])[:MAX_GAPS])
     held = end - sum(stop - first for first, stop in gaps)
     return Prequeue(Draw.new(held), tuple(gaps))
