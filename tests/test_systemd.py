@@ -415,8 +415,12 @@ def sandboxed_config(tmp_path: Path) -> Path:
     installed = f'static_dir = "{INSTALLED_STATIC}"\n'
     assert text.count(installed) == 1
     config = tmp_path / "wr.toml"
+    # The example leaves the admin listener on its default port; a test
+    # takes a free one, so that nothing else on the machine is in the way.
+    assert "[admin]" not in text
     config.write_text(
-        text.replace(installed, f'static_dir = "{ROOT / "static"}"\n'),
+        text.replace(installed, f'static_dir = "{ROOT / "static"}"\n')
+        + f"\n[admin]\nport = {free_port()}\n",
         encoding="utf-8",
     )
     return config
