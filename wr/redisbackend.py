@@ -49,7 +49,8 @@ without spending admissions, as the memory backend does after a crash.
 Known limits: positions held by a host that dies, or taken in a reply lost
 to a timeout, are spent by the ticker like any other position (at most
 ``2 * block`` admissions per death); with ``workers = 1`` the calls run
-on the serving loop itself, bounded by ``redis.timeout_s``. Claims and
+in the steward's thread beside the serving loop, bounded by
+``redis.timeout_s``. Claims and
 leaves on other hosts reach the leader's capacity count a step or two
 late: an admission of the last ``CLAIM_GRACE_S`` counts as expected
 meanwhile, but a later claim can let one person too many in for that
