@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
-import pytest
 import redis
 
-from tests.serverproc import free_port, wait_for
+from tests.serverproc import free_port, missing, wait_for
 
 # How long redis-server may take to answer PING after it starts.
 START_TIMEOUT_S = 15.0
@@ -21,9 +19,7 @@ def redis_server_binary() -> str:
     """The path of redis-server; under CI its absence fails the test."""
     path = shutil.which("redis-server")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing (scripts/install-test-deps)")
-        pytest.skip("redis-server is not installed (scripts/install-test-deps)")
+        missing("redis-server is missing (scripts/install-test-deps)")
     return path
 
 

@@ -11,14 +11,26 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import httpx
+import pytest
 
 T = TypeVar("T")
 
 # How long a started server may take to answer /healthz.
 START_TIMEOUT_S = 15.0
+
+
+def missing(why: str) -> NoReturn:
+    """A tool a test needs is not there: a failure under CI, else a skip.
+
+    ``scripts/install-test-deps`` installs every such tool; CI must never
+    pass by skipping what it did not install.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def free_port() -> int:

@@ -9,20 +9,18 @@ nginx fails the test.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.serverproc import WrServer, free_port, wait_for
+from tests.serverproc import WrServer, free_port, missing, wait_for
 from tests.sitestub import SiteStub
 from wr.config import load_config
 from wr.tokens import KeyRing, Tokens
@@ -38,12 +36,6 @@ target_url = "/welcome"
 """
 # nginx starts in a fraction of a second; the machine may be loaded.
 NGINX_START_S = 15.0
-
-
-def missing(why: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def render(wr_port: int, site_port: int, listen_port: int) -> str:

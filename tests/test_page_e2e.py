@@ -29,7 +29,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.serverproc import WrServer, free_port, wait_for
+from tests.serverproc import WrServer, free_port, missing, wait_for
 from tests.test_admin_e2e import admin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +63,7 @@ target_url = "/inside"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing: run scripts/install-test-deps as root"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{CHROMIUM} is missing: run scripts/install-test-deps as root")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS

@@ -30,12 +30,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.serverproc import free_port, wait_for
+from tests.serverproc import free_port, missing, wait_for
 from wr.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,12 +65,6 @@ FAMILY_LIMIT = 64
 PROT_WRITE = 0x2
 PROT_EXEC = 0x4
 SHM_EXEC = 0o100000
-
-
-def missing(why: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def need_systemd_analyze() -> str:
