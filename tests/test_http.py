@@ -673,7 +673,12 @@ def test_a_client_that_reads_nothing_for_the_write_timeout_is_dropped() -> None:
 def test_a_pause_during_data_received_is_not_undone_by_its_timers() -> None:
     server = Server()
     protocol, transport = server.connect()
-    transport.write = lambda data: protocol.pause_writing()  # type: ignore[method-assign]
+
+    def fill_buffer(data: object) -> None:
+        # A write that fills the buffer at once: the transport asks for a pause.
+        protocol.pause_writing()
+
+    transport.write = fill_buffer  # type: ignore[method-assign]
 
     protocol.data_received(get("/a"))
     # The idle timer would close politely; the write timer aborts.
