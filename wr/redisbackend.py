@@ -92,7 +92,7 @@ from wr.config import Config, RedisConfig, RoomConfig
 from wr.room import CLAIM_WINDOW, TICK_INTERVAL_S, Room
 from wr.shm import SharedBlock
 from wr.state import RoomState
-from wr.steward import RATE_WINDOW_S, Steward, open_room, prequeue_of
+from wr.steward import Steward, open_room, prequeue_of
 
 __all__ = [
     "LEASE_SCRIPT",
@@ -570,15 +570,12 @@ class RedisSteward(Steward):
         self._claims_base: dict[str, int] = {}
         # Claims seen on this host in all, per room: its field in Redis.
         self._own_claims: dict[str, int] = {}
-        self._joins_from: dict[str, int] = {}
-        self._joins_rate: dict[str, float] = {}
         self._sizers: dict[str, BlockSizer] = {}
         # The highest position known taken, per room: a floor for the
         # counter should Redis come back without its data.
         self._taken: dict[str, int] = {}
         # Joins and refusals at each room's last fetch.
         self._demand_from: dict[str, tuple[int, int]] = {}
-        self._joins_started = now
         self._step_tick = now
         # Capacity rooms: the rings as last compared, the bucket counts as
         # last pushed, and the last event read.
@@ -668,8 +665,8 @@ class RedisSteward(Steward):
             else:
                 self._follow()
         self.block.header.leader = int(self.lease.leading(now))
-        self._measure_joins(now)
-        self._publish_pow(self._joins_rate)
+        self._measure(now)
+        self._publish_pow(self._join_rate)
         self._fetch_blocks()
 
     def _inside_push(
@@ -850,16 +847,6 @@ class RedisSteward(Steward):
             room.clear_next_bucket(wall)
         self.ticker.last = self._step_tick - TICK_INTERVAL_S
 
-    def _measure_joins(self, now: float) -> None:
-        elapsed = now - self._joins_started
-        if elapsed < RATE_WINDOW_S:
-            return
-        for name, room in self.rooms.items():
-            joined = room.joins - self._joins_from.get(name, room.joins)
-            self._joins_rate[name] = joined / elapsed
-            self._joins_from[name] = room.joins
-        self._joins_started = now
-
     def _fetch_blocks(self) -> None:
         sizes = {
             name: self._next_block_size(room)
@@ -879,7 +866,7 @@ class RedisSteward(Steward):
         joins, refused = self._demand_from.get(room.name, now)
         self._demand_from[room.name] = now
         size = self._sizer(room.name).next(
-            self._joins_rate.get(room.name, 0.0), now[0] - joins, now[1] - refused
+            self._join_rate.get(room.name, 0.0), now[0] - joins, now[1] - refused
         )
         return max(self.settings.fallback_positions, size)
 

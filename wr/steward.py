@@ -97,7 +97,8 @@ class Steward:
         self.ticker = Ticker(self.rooms.values(), now, self._admissions)
         self._next_tick = now + TICK_INTERVAL_S
         self._rate_started = now
-        self._rate_from = {name: r.next_position for name, r in self.rooms.items()}
+        # Joins counted per room at the start of the current rate window.
+        self._rate_from = {name: r.joins for name, r in self.rooms.items()}
         self._join_rate: dict[str, float] = dict.fromkeys(self.rooms, 0.0)
         self._saved_issued: dict[str, int] = {}
         self.save_failing = False
@@ -125,7 +126,7 @@ class Steward:
             room = Room(config, slots[name])
             _restore(room, self._dormant.pop(name, RoomState()))
             self.rooms[name] = room
-            self._rate_from[name] = room.next_position
+            self._rate_from[name] = room.joins
             self._join_rate[name] = 0.0
         self.ticker.rooms = list(self.rooms.values())
         self.policies = {n: p for n, p in self.policies.items() if n in self.rooms}
@@ -228,9 +229,9 @@ class Steward:
         if elapsed < RATE_WINDOW_S:
             return
         for name, room in self.rooms.items():
-            joined = room.next_position - self._rate_from.get(name, room.next_position)
+            joined = room.joins - self._rate_from.get(name, room.joins)
             self._join_rate[name] = joined / elapsed
-            self._rate_from[name] = room.next_position
+            self._rate_from[name] = room.joins
         self._rate_started = now
 
     def _reservations(self) -> dict[Room, int]:
