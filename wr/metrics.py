@@ -15,12 +15,11 @@ adds up across workers and restarts of workers.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import os
 import time
-from bisect import bisect_left as _bisect_left
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -120,7 +119,7 @@ def _observe(
     counts = histograms.get(label)
     if counts is None:
         counts = histograms[label] = [0.0] * (len(buckets) + 2)
-    counts[bisect.bisect_left(buckets, value)] += 1
+    counts[bisect_left(buckets, value)] += 1
     counts[-1] += value
 
 
@@ -186,7 +185,7 @@ class Metrics(Collector):
             self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
         statuses[status] += 1
         counts = self.latency[route]
-        counts[_bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         counts[-1] += seconds
 
     @property
